@@ -1,0 +1,60 @@
+"""ServicePro Billing: the application factory."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flask import Flask
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: configuration, extensions, blueprints, error handlers, commands."""
+    from app.config import INSTANCE_DIR, load_config
+
+    app = Flask(__name__, instance_path=str(INSTANCE_DIR))
+    app.config.update(load_config(config))
+    register_extensions(app)
+    register_blueprints(app)
+    register_error_handlers(app)
+    register_commands(app)
+    return app
+
+
+def register_extensions(app: Flask) -> None:
+    from app import access, tenancy
+    from app.extensions import csrf, db, htmx, limiter, login_manager, migrate, rq
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"), render_as_batch=True)
+    csrf.init_app(app)
+    htmx.init_app(app)
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
+    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    limiter.init_app(app)
+    login_manager.init_app(app)
+    rq.init_app(app)
+    access.init_app(app)
+    tenancy.init_app(app)
+
+
+def register_blueprints(app: Flask) -> None:
+    from app.api.views import bp as api_bp
+    from app.auth.views import bp as auth_bp
+    from app.billing.views import bp as billing_bp
+    from app.system_billing.views import bp as system_billing_bp
+    from app.tenants.views import bp as tenants_bp
+    from app.webhooks.views import bp as webhooks_bp
+
+    for bp in (auth_bp, tenants_bp, billing_bp, system_billing_bp, api_bp, webhooks_bp):
+        app.register_blueprint(bp)
+
+
+def register_error_handlers(app: Flask) -> None:
+    from app.errors import init_app
+
+    init_app(app)
+
+
+def register_commands(app: Flask) -> None:
+    from app.cli import init_app
+
+    init_app(app)

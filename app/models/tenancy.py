@@ -1,0 +1,129 @@
+"""Plans, tenants, users and API keys."""
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from flask_login import UserMixin
+from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Date, ForeignKey, Integer, Numeric, String, Text, text,
+                        UniqueConstraint)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.extensions import db
+from app.models.base import BigIntPK, TenantScoped, TimestampMixin, UTCDateTime
+
+
+class TenantStatus(StrEnum):
+    ACTIVE = "active"
+    DISABLED = "disabled"
+
+
+class DunningStage(StrEnum):
+    OK = "ok"
+    REMINDER = "reminder"
+    SUSPENDED = "suspended"
+    RESTRICTED = "restricted"
+
+
+class Role(StrEnum):
+    ROOT_ADMIN = "root_admin"
+    TENANT_ADMIN = "tenant_admin"
+
+
+class Plan(db.Model):
+    __tablename__ = "plans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(40), unique=True)
+    name: Mapped[str] = mapped_column(String(120))
+    currency: Mapped[str] = mapped_column(String(3), default="usd")
+    monthly_fee: Mapped[int] = mapped_column(BigInteger, CheckConstraint("monthly_fee >= 0", name="fee_nonneg"))
+
+    prices: Mapped[list["PlanPrice"]] = relationship(
+        back_populates="plan_obj", order_by="PlanPrice.metric", cascade="all, delete-orphan"
+    )
+
+
+class PlanPrice(db.Model):
+    __tablename__ = "plan_prices"
+    __table_args__ = (UniqueConstraint("plan_code", "metric"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    plan_code: Mapped[str] = mapped_column(ForeignKey("plans.code", onupdate="CASCADE"))
+    metric: Mapped[str] = mapped_column(String(40))
+    included: Mapped[int] = mapped_column(BigInteger, default=0)
+    unit_price: Mapped[Decimal] = mapped_column(Numeric(18, 6))
+
+    plan_obj: Mapped[Plan] = relationship(back_populates="prices")
+
+
+class Tenant(TimestampMixin, db.Model):
+    __tablename__ = "tenants"
+    __table_args__ = (CheckConstraint("overdue_days >= 0", name="overdue_nonneg"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    slug: Mapped[str] = mapped_column(String(80), unique=True)
+    plan: Mapped[str] = mapped_column(ForeignKey("plans.code", onupdate="CASCADE"))
+    billing_email: Mapped[str | None] = mapped_column(String(254))
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(20), default=TenantStatus.ACTIVE)
+    overdue_days: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    dunning_stage: Mapped[str] = mapped_column(String(20), default=DunningStage.OK, server_default="ok")
+    dunning_stage_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    dunning_exempt_until: Mapped[date | None] = mapped_column(Date)
+    billing_error: Mapped[str | None] = mapped_column(Text)
+    billing_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disputed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+
+    plan_obj: Mapped[Plan] = relationship(foreign_keys=[plan], lazy="joined")
+    users: Mapped[list["User"]] = relationship(back_populates="tenant")
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == TenantStatus.ACTIVE
+
+
+class User(UserMixin, TimestampMixin, db.Model):
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("role in ('root_admin','tenant_admin')", name="role_known"),
+        CheckConstraint("role = 'root_admin' OR tenant_id IS NOT NULL", name="tenant_admin_has_tenant"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(20))
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    session_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    tenant: Mapped[Tenant | None] = relationship(back_populates="users")
+
+    @property
+    def is_root(self) -> bool:
+        return self.role == Role.ROOT_ADMIN
+
+    @property
+    def is_active(self) -> bool:  # Flask-Login: disabled users cannot hold a session
+        return self.active
+
+    def get_id(self) -> str:
+        # The version lets us revoke every session of a user by bumping it.
+        return f"{self.id}:{self.session_version}"
+
+
+class ApiKey(TenantScoped, db.Model):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(120), default="default")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,1 @@
+"""Marshmallow schemas, used only at the edges."""

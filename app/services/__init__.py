@@ -1,0 +1,1 @@
+"""The business: one module per domain, functions named by verb."""

@@ -1,0 +1,236 @@
+"""The only module that talks to Stripe (or the local emulator, which speaks the same API).
+
+Every write carries an idempotency key derived from one of our own database rows, never a random one, so a
+retried job can never create a second customer, invoice or charge. Errors are classified into what the
+product must do about them (see Outcome).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import stripe
+from flask import current_app
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    PAYMENT_FAILED = "payment_failed"  # card declined, insufficient funds: tell the tenant, retry on schedule
+    ACTION_REQUIRED = "action_required"  # authentication required: send the hosted invoice link
+    RETRY_LATER = "retry_later"  # rate limited, network, 5xx: try again later with the same key
+    BUG = "bug"  # invalid request: log loudly, flag the tenant's billing as errored
+
+
+# Declines that retrying the same card will not fix.
+HARD_DECLINES = {"stolen_card", "lost_card", "pickup_card", "fraudulent", "do_not_honor", "incorrect_number",
+                 "invalid_account", "card_not_supported", "expired_card", "restricted_card",
+                 "transaction_not_allowed"}
+
+
+@dataclass
+class GatewayError(Exception):
+    outcome: Outcome
+    message: str
+    code: str | None = None
+    decline_code: str | None = None
+    http_status: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.outcome}: {self.message}"
+
+    @property
+    def hard_decline(self) -> bool:
+        return self.decline_code in HARD_DECLINES
+
+
+def classify(err: stripe.StripeError) -> GatewayError:
+    """Map a stripe exception to the product's decision."""
+    code = getattr(err, "code", None)
+    status = getattr(err, "http_status", None)
+    message = getattr(err, "user_message", None) or str(err)
+    decline_code = None
+    if err.error is not None:
+        decline_code = getattr(err.error, "decline_code", None)
+        message = err.error.message or message
+    if isinstance(err, stripe.CardError):
+        outcome = Outcome.ACTION_REQUIRED if code == "authentication_required" else Outcome.PAYMENT_FAILED
+        return GatewayError(outcome, message, code, decline_code, status)
+    if isinstance(err, (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError)):
+        return GatewayError(Outcome.RETRY_LATER, message, code, None, status)
+    if isinstance(err, stripe.IdempotencyError) and status == 409:
+        return GatewayError(Outcome.RETRY_LATER, message, code, None, status)
+    if status is not None and status >= 500:
+        return GatewayError(Outcome.RETRY_LATER, message, code, None, status)
+    if isinstance(err, stripe.InvalidRequestError) and code == "invoice_payment_intent_requires_action":
+        return GatewayError(Outcome.ACTION_REQUIRED, message, code, None, status)
+    if isinstance(err, stripe.InvalidRequestError) and "no attached payment source" in message.lower():
+        return GatewayError(Outcome.PAYMENT_FAILED, message, "no_payment_method", None, status)
+    log.error("Stripe rejected a request as invalid (a bug on our side): %s", message)
+    return GatewayError(Outcome.BUG, message, code, None, status)
+
+
+def client() -> stripe.StripeClient:
+    """A StripeClient for the configured key and base URL, with network retries."""
+    app = current_app._get_current_object()
+    cached = app.extensions.get("stripe_client")
+    if cached is None:
+        cached = stripe.StripeClient(
+            app.config["STRIPE_SECRET_KEY"],
+            base_addresses={"api": app.config["STRIPE_API_BASE"]},
+            max_network_retries=app.config["STRIPE_MAX_NETWORK_RETRIES"],
+        )
+        app.extensions["stripe_client"] = cached
+    return cached
+
+
+def _call(fn, *args, idempotency_key: str | None = None, params: dict | None = None) -> Any:
+    from app.services.ratelimit import stripe_slot
+
+    options: dict[str, Any] = {}
+    if idempotency_key:
+        options["idempotency_key"] = idempotency_key
+    stripe_slot()
+    try:
+        return fn(*args, params=params or {}, options=options)
+    except stripe.StripeError as err:
+        raise classify(err) from err
+
+
+# -- customers -------------------------------------------------------------------------------------------
+
+def create_customer(tenant_id: int, name: str, email: str | None) -> str:
+    """Create the Stripe customer for a tenant; idempotent per tenant. Returns the customer id."""
+    params: dict[str, Any] = {"name": name, "metadata": {"tenant_id": str(tenant_id)}}
+    if email:
+        params["email"] = email
+    cust = _call(client().v1.customers.create, idempotency_key=f"customer-create-tenant-{tenant_id}",
+                 params=params)
+    return cust.id
+
+
+def retrieve_customer(customer_id: str):
+    return _call(client().v1.customers.retrieve, customer_id)
+
+
+def default_payment_method(customer_id: str) -> str | None:
+    """The customer's default payment method id, or None."""
+    cust = retrieve_customer(customer_id)
+    settings = cust.get("invoice_settings") or {}
+    pm = settings.get("default_payment_method")
+    return pm if isinstance(pm, str) or pm is None else pm.get("id")
+
+
+def attach_default_card(customer_id: str, payment_method: str, key: str) -> str:
+    """Attach a payment method and make it the customer's default (used by seeds and tests)."""
+    pm = _call(client().v1.payment_methods.attach, payment_method, idempotency_key=f"{key}-attach",
+               params={"customer": customer_id})
+    _call(client().v1.customers.update, customer_id, idempotency_key=f"{key}-default",
+          params={"invoice_settings": {"default_payment_method": pm.id}})
+    return pm.id
+
+
+# -- invoices --------------------------------------------------------------------------------------------
+
+def create_invoice(invoice_id: int, customer_id: str, currency: str, period: str, tenant_id: int,
+                   number: str | None) -> Any:
+    """Create the draft Stripe invoice mirroring our invoice row (no pending items swept in)."""
+    metadata = {"invoice_id": str(invoice_id), "tenant_id": str(tenant_id), "period": period}
+    if number:
+        metadata["number"] = number
+    return _call(
+        client().v1.invoices.create,
+        idempotency_key=f"invoice-create-{invoice_id}",
+        params={
+            "customer": customer_id,
+            "currency": currency,
+            "collection_method": "charge_automatically",
+            "auto_advance": False,
+            "pending_invoice_items_behavior": "exclude",
+            "description": f"ServicePro usage and plan for {period}" + (f" ({number})" if number else ""),
+            "metadata": metadata,
+        },
+    )
+
+
+def add_invoice_item(line_id: int, customer_id: str, stripe_invoice_id: str, amount: int, currency: str,
+                     description: str, period_start: int, period_end: int) -> Any:
+    """Add one of our invoice lines to a draft Stripe invoice; idempotent per line."""
+    return _call(
+        client().v1.invoice_items.create,
+        idempotency_key=f"invoice-line-{line_id}",
+        params={
+            "customer": customer_id,
+            "invoice": stripe_invoice_id,
+            "amount": amount,
+            "currency": currency,
+            "description": description,
+            "period": {"start": period_start, "end": period_end},
+            "metadata": {"invoice_line_id": str(line_id)},
+        },
+    )
+
+
+def finalize_invoice(invoice_id: int, stripe_invoice_id: str) -> Any:
+    return _call(client().v1.invoices.finalize_invoice, stripe_invoice_id,
+                 idempotency_key=f"invoice-finalize-{invoice_id}", params={"auto_advance": False})
+
+
+def pay_invoice(stripe_invoice_id: str, attempt_key: str) -> Any:
+    """Charge an open invoice off-session with the customer's default payment method."""
+    return _call(client().v1.invoices.pay, stripe_invoice_id, idempotency_key=attempt_key,
+                 params={"off_session": True})
+
+
+def retrieve_invoice(stripe_invoice_id: str) -> Any:
+    return _call(client().v1.invoices.retrieve, stripe_invoice_id)
+
+
+def void_invoice(invoice_id: int, stripe_invoice_id: str) -> Any:
+    return _call(client().v1.invoices.void_invoice, stripe_invoice_id, idempotency_key=f"invoice-void-{invoice_id}")
+
+
+def mark_paid_out_of_band(invoice_id: int, stripe_invoice_id: str) -> Any:
+    return _call(client().v1.invoices.pay, stripe_invoice_id, idempotency_key=f"invoice-oob-{invoice_id}",
+                 params={"paid_out_of_band": True})
+
+
+def list_invoices(customer_id: str, limit: int = 100) -> list[Any]:
+    """Every Stripe invoice of a customer (auto-paginated)."""
+    page = _call(client().v1.invoices.list, params={"customer": customer_id, "limit": limit})
+    return list(page.auto_paging_iter())
+
+
+# -- portal ----------------------------------------------------------------------------------------------
+
+def portal_session_url(customer_id: str, return_url: str) -> str:
+    """A fresh Customer Portal session in the payment-method-update flow; returns its URL."""
+    session = _call(
+        client().v1.billing_portal.sessions.create,
+        params={
+            "customer": customer_id,
+            "return_url": return_url,
+            "flow_data": {
+                "type": "payment_method_update",
+                "after_completion": {"type": "redirect", "redirect": {"return_url": return_url}},
+            },
+        },
+    )
+    return session.url
+
+
+# -- webhooks --------------------------------------------------------------------------------------------
+
+def verify_event(payload: bytes, signature: str | None, secret: str) -> dict:
+    """Verify a webhook's Stripe-Signature on the raw body; raise ValueError when it is not genuine."""
+    if not signature:
+        raise ValueError("missing Stripe-Signature header")
+    try:
+        event = stripe.Webhook.construct_event(payload, signature, secret)
+    except stripe.SignatureVerificationError as err:
+        raise ValueError(f"bad signature: {err.user_message or err}") from err
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"malformed body: {err}") from err
+    return event.to_dict() if hasattr(event, "to_dict") else dict(event)

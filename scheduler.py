@@ -1,0 +1,62 @@
+"""Reconcile rq-scheduler with app/schedule.py, then run the scheduler loop.
+
+`python scheduler.py --reconcile-only` only reconciles (idempotent: a second run schedules nothing new).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from redis import Redis
+from rq_scheduler import Scheduler
+
+log = logging.getLogger("scheduler")
+
+
+def reconcile(scheduler: Scheduler, schedule) -> dict[str, list[str]]:
+    """Make the scheduled jobs equal the declared ones: add missing, replace changed, remove stale."""
+    wanted = {p.id: p for p in schedule}
+    existing = {job.id: job for job in scheduler.get_jobs()}
+    report: dict[str, list[str]] = {"added": [], "updated": [], "removed": [], "kept": []}
+    for job_id, job in existing.items():
+        p = wanted.get(job_id)
+        if p is None:
+            scheduler.cancel(job)
+            job.delete()
+            report["removed"].append(job_id)
+        elif (job.meta.get("cron_string") != p.cron or job.func_name != p.func or job.origin != p.queue
+              or job.result_ttl != p.result_ttl or job.meta.get("use_local_timezone")):
+            scheduler.cancel(job)
+            job.delete()
+            report["updated"].append(job_id)
+    for job_id, p in wanted.items():
+        if job_id in existing and job_id not in report["updated"]:
+            report["kept"].append(job_id)
+            continue
+        scheduler.cron(p.cron, func=p.func, id=p.id, queue_name=p.queue, result_ttl=p.result_ttl,
+                       timeout=p.timeout, use_local_timezone=False, repeat=None)
+        if job_id not in report["updated"]:
+            report["added"].append(job_id)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reconcile-only", action="store_true")
+    parser.add_argument("--interval", type=int, default=10)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s scheduler %(levelname)s %(message)s")
+
+    from app.config import load_config
+    from app.schedule import SCHEDULE
+
+    conn = Redis.from_url(load_config()["REDIS_URL"])
+    scheduler = Scheduler(connection=conn, interval=args.interval)
+    report = reconcile(scheduler, SCHEDULE)
+    log.info("schedule reconciled: %s", {k: len(v) for k, v in report.items()})
+    if not args.reconcile_only:
+        scheduler.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Test harness: real PostgreSQL, Redis, SMTP sink and Stripe emulator, started once per session.
+
+Each test gets a fresh app; after it, every table is truncated and Redis flushed, so tests never share state.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.support.services import SmtpSink, postgres_server, redis_server
+
+os.environ.setdefault("SECRET_KEY", "test-secret-key")
+
+
+@pytest.fixture(scope="session")
+def pg_base():
+    if os.environ.get("TEST_PG_BASE"):
+        yield os.environ["TEST_PG_BASE"]
+        return
+    with postgres_server() as (base, _port):
+        yield base
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_base):
+    engine = create_engine(f"{pg_base}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS servicepro_test"))
+        conn.execute(text("CREATE DATABASE servicepro_test"))
+    engine.dispose()
+    return f"{pg_base}/servicepro_test"
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    with redis_server() as (url, _port):
+        yield url
+
+
+@pytest.fixture(scope="session")
+def smtp_sink():
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    from stripe_emulator.testing import EmulatorProcess
+
+    emu = EmulatorProcess()
+    emu.start() if hasattr(emu, "start") and not getattr(emu, "url", None) else None
+    yield emu
+    emu.stop()
+
+
+def base_config(database_url: str, redis_url: str, **extra) -> dict:
+    cfg = {
+        "TESTING": True,
+        "SECRET_KEY": "test-secret-key",
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "REDIS_URL": redis_url,
+        "RATELIMIT_STORAGE_URI": redis_url,
+        "STRIPE_SECRET_KEY": "sk_test_emulator",
+        "STRIPE_API_BASE": "http://127.0.0.1:9",  # nothing listens: tests that need Stripe use `emulator`
+        "STRIPE_WEBHOOK_SECRET": "whsec_test_secret",
+        "STRIPE_MAX_NETWORK_RETRIES": 2,
+        "STRIPE_RATE_LIMIT_PER_S": 0,
+        "APP_BASE_URL": "http://127.0.0.1:5000",
+        "SMTP_URL": None,
+        "BILLING_TIMEZONE": "UTC",
+        "SERVER_NAME": None,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def migrated(database_url, redis_url):
+    """Run the real migrations once: the schema comes only from migrations."""
+    from flask_migrate import upgrade
+
+    from app import create_app
+
+    app = create_app(base_config(database_url, redis_url))
+    with app.app_context():
+        upgrade()
+        from app.extensions import db
+
+        db.engine.dispose()
+    return database_url
+
+
+def _truncate(database_url: str) -> None:
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        tables = [r[0] for r in conn.execute(text(
+            "select tablename from pg_tables where schemaname='public' and tablename <> 'alembic_version'"))]
+        if tables:
+            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def config_overrides():
+    """Override in a test module to change the app's configuration."""
+    return {}
+
+
+@pytest.fixture
+def app(migrated, redis_url, config_overrides, request):
+    from app import create_app
+    from app.extensions import db
+
+    extra = dict(config_overrides)
+    if "emulator" in request.fixturenames:
+        emu = request.getfixturevalue("emulator")
+        emu.reset()
+        extra.setdefault("STRIPE_API_BASE", emu.url)
+        extra.setdefault("STRIPE_SECRET_KEY", emu.api_key)
+    if "smtp_sink" in request.fixturenames:
+        sink = request.getfixturevalue("smtp_sink")
+        sink.clear()
+        extra.setdefault("SMTP_URL", sink.url)
+    application = create_app(base_config(migrated, redis_url, **extra))
+    ctx = application.app_context()
+    ctx.push()
+    try:
+        yield application
+    finally:
+        db.session.remove()
+        db.engine.dispose()
+        ctx.pop()
+        _truncate(migrated)
+        import redis as redis_lib
+
+        redis_lib.Redis.from_url(redis_url).flushdb()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def plans(app):
+    from app.services.seed import seed_plans
+
+    seed_plans()
+
+
+def csrf_from(html: str) -> str:
+    m = re.search(r'name="csrf-token" content="([^"]+)"', html) or re.search(
+        r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"', html)
+    assert m, "no CSRF token on the page"
+    return m.group(1)
+
+
+def login(client, email: str, password: str = "correct-horse-battery"):
+    page = client.get("/login")
+    token = csrf_from(page.get_data(as_text=True))
+    return client.post("/login", data={"email": email, "password": password, "csrf_token": token})
+
+
+def page_csrf(client, path: str = "/admin/usage") -> str:
+    return csrf_from(client.get(path).get_data(as_text=True))
