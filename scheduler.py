@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import time
 
 from redis import Redis
 from rq_scheduler import Scheduler
@@ -13,8 +15,15 @@ from rq_scheduler import Scheduler
 log = logging.getLogger("scheduler")
 
 
+def force_utc() -> None:
+    """Read cron strings in UTC: rq-scheduler's crontab computes next runs in the process's local time."""
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+
+
 def reconcile(scheduler: Scheduler, schedule) -> dict[str, list[str]]:
     """Make the scheduled jobs equal the declared ones: add missing, replace changed, remove stale."""
+    force_utc()
     wanted = {p.id: p for p in schedule}
     existing = {job.id: job for job in scheduler.get_jobs()}
     report: dict[str, list[str]] = {"added": [], "updated": [], "removed": [], "kept": []}
@@ -45,6 +54,7 @@ def main() -> None:
     parser.add_argument("--reconcile-only", action="store_true")
     parser.add_argument("--interval", type=int, default=10)
     args = parser.parse_args()
+    force_utc()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s scheduler %(levelname)s %(message)s")
 
     from app.config import load_config

@@ -120,3 +120,81 @@ def scheduler_heartbeat() -> None:
 
 def app_config(key: str):
     return current_app.config[key]
+
+
+# -- invoices and payments (app/services/invoicing.py, app/services/payments.py) --------------------------
+
+@job
+def invoice_due_tenants(as_of: str | None = None) -> int:
+    """The monthly reconciler: rebuild yesterday's rollups, then fan out one job per un-invoiced tenant."""
+    from app.services.invoicing import run_monthly_tick
+
+    return run_monthly_tick(date.fromisoformat(as_of) if as_of else None)
+
+
+@job
+def invoice_tenant(tenant_id: int, period: str, trigger: str = "scheduled", run_id: int | None = None):
+    """Generate (or find) one tenant's invoice for a period and charge it."""
+    from app.services.invoicing import invoice_and_charge
+
+    return invoice_and_charge(tenant_id, period, trigger=trigger, run_id=run_id)
+
+
+@job
+def charge_invoice(invoice_id: int, trigger: str = "retry"):
+    from app.services.payments import charge_invoice as charge
+
+    return charge(invoice_id, trigger=trigger).status
+
+
+@job
+def retry_due_payments() -> int:
+    from app.services.payments import retry_due_payments as retry
+
+    return retry()
+
+
+@job
+def retry_tenant_open_invoices(tenant_id: int, trigger: str = "card_updated") -> int:
+    from app.services.payments import retry_open_invoices
+
+    return retry_open_invoices(tenant_id, trigger=trigger)
+
+
+# -- webhooks and reconciliation (app/services/webhooks.py, app/services/reconciliation.py) ----------------
+
+@job
+def process_webhook_event(event_row_id: int) -> str:
+    from app.services.webhooks import process_event
+
+    return process_event(event_row_id)
+
+
+@job
+def retry_failed_webhooks() -> int:
+    from app.services.webhooks import retry_failed
+
+    return retry_failed()
+
+
+@job
+def reconcile_open_invoices() -> int:
+    from app.services.reconciliation import reconcile_open_invoices as reconcile
+
+    return reconcile()
+
+
+# -- dunning and mail (app/services/dunning.py, app/services/notifications.py) ----------------------------
+
+@job
+def dunning_pass(as_of: str | None = None):
+    from app.services.dunning import run_pass
+
+    return run_pass(date.fromisoformat(as_of) if as_of else None)
+
+
+@job
+def flush_outbox() -> int:
+    from app.services.notifications import flush_outbox as flush
+
+    return flush()
