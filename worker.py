@@ -1,4 +1,4 @@
-"""RQ worker: builds the app once, keeps its context pushed, and works the queues."""
+"""RQ worker: builds the app once and works the queues; each job runs in its own app context."""
 from __future__ import annotations
 
 import argparse
@@ -14,15 +14,18 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(name)s %(message)s")
 
+    import app.jobs as jobs
     from app import create_app
     from app.extensions import rq
 
     app = create_app()
+    jobs._worker_app = app  # jobs open a fresh app context (and session) each, from this one app
     with app.app_context():
         queues = [rq.queue(name) for name in (args.queues or app.config["RQ_QUEUES"])]
-        # A short worker TTL lets abandoned jobs (a killed worker) be detected quickly.
-        worker = Worker(queues, connection=rq.connection, worker_ttl=60, job_monitoring_interval=15)
-        worker.work(burst=args.burst, with_scheduler=False)
+        connection = rq.connection
+    # A short worker TTL lets abandoned jobs (a killed worker) be detected quickly.
+    worker = Worker(queues, connection=connection, worker_ttl=60, job_monitoring_interval=15)
+    worker.work(burst=args.burst, with_scheduler=False)
 
 
 if __name__ == "__main__":

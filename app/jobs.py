@@ -18,8 +18,8 @@ def job(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         global _worker_app
-        if has_app_context():
-            return _run(fn, args, kwargs)
+        if has_app_context():  # inline (tests, CLI): the caller owns the session
+            return fn(*args, **kwargs)
         if _worker_app is None:
             from app import create_app
 

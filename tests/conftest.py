@@ -167,3 +167,33 @@ def login(client, email: str, password: str = "correct-horse-battery"):
 
 def page_csrf(client, path: str = "/admin/usage") -> str:
     return csrf_from(client.get(path).get_data(as_text=True))
+
+
+@pytest.fixture
+def live_server(app):
+    """Serve the test app over real HTTP on a free port (threaded); yields its base URL."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from tests.support.services import free_port
+
+    port = free_port()
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    app.config["APP_BASE_URL"] = f"http://127.0.0.1:{port}"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+def run_jobs(queues: tuple[str, ...] = ("billing", "webhooks", "default", "mail")) -> None:
+    """Work every queued RQ job in this process until the queues are empty."""
+    from rq import SimpleWorker
+
+    from app.extensions import rq
+
+    SimpleWorker([rq.queue(q) for q in queues], connection=rq.connection).work(burst=True)
