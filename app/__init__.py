@@ -34,17 +34,50 @@ def register_extensions(app: Flask) -> None:
     rq.init_app(app)
     access.init_app(app)
     tenancy.init_app(app)
+    register_security_headers(app)
+
+
+def register_security_headers(app: Flask) -> None:
+    """CSP that allows only our own scripts, frame denial, HSTS in production (flask-talisman)."""
+    from flask_talisman import Talisman
+
+    production = app.config["PRODUCTION"]
+    Talisman(
+        app,
+        force_https=production,
+        strict_transport_security=production,
+        session_cookie_secure=production,
+        frame_options="DENY",
+        content_security_policy={
+            "default-src": "'self'",
+            "script-src": "'self'",
+            # Inline style attributes (progress bars, chart bars) are allowed; scripts never are.
+            "style-src": "'self' 'unsafe-inline'",
+            "img-src": "'self' data:",
+            "frame-ancestors": "'none'",
+            "base-uri": "'self'",
+            "object-src": "'none'",
+        },
+        referrer_policy="strict-origin-when-cross-origin",
+    )
+
+    @app.after_request
+    def _vary_on_htmx(response):
+        # HTMX requests get fragments, full loads get pages: caches must keep them apart.
+        response.vary.add("HX-Request")
+        return response
 
 
 def register_blueprints(app: Flask) -> None:
     from app.api.views import bp as api_bp
+    from app.ops.views import bp as ops_bp
     from app.auth.views import bp as auth_bp
     from app.billing.views import bp as billing_bp
     from app.system_billing.views import bp as system_billing_bp
     from app.tenants.views import bp as tenants_bp
     from app.webhooks.views import bp as webhooks_bp
 
-    for bp in (auth_bp, tenants_bp, billing_bp, system_billing_bp, api_bp, webhooks_bp):
+    for bp in (auth_bp, tenants_bp, billing_bp, system_billing_bp, api_bp, webhooks_bp, ops_bp):
         app.register_blueprint(bp)
 
 

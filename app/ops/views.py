@@ -1,0 +1,46 @@
+"""Operations endpoints for load balancers and alerts."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask import Blueprint, current_app, jsonify
+from sqlalchemy import func, select, text
+
+from app.access import PUBLIC, access
+from app.extensions import db, rq
+from app.models import WebhookEvent
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.route("/healthz")
+@access(PUBLIC)
+def healthz():
+    """Database, Redis, queue depths, scheduler heartbeat age, oldest pending webhook; 503 when a store is down."""
+    now = datetime.now(timezone.utc)
+    report: dict = {"status": "ok", "checks": {}}
+    try:
+        db.session.execute(text("select 1"))
+        oldest = db.session.scalar(select(func.min(WebhookEvent.received_at))
+                                   .where(WebhookEvent.status.in_(("pending", "failed"))))
+        report["checks"]["database"] = "ok"
+        report["oldest_pending_webhook_age_s"] = round((now - oldest).total_seconds(), 1) if oldest else None
+    except Exception as err:  # noqa: BLE001 - a health check reports, it does not raise
+        db.session.rollback()
+        report["checks"]["database"] = f"error: {type(err).__name__}"
+        report["status"] = "degraded"
+    try:
+        conn = rq.connection
+        conn.ping()
+        report["checks"]["redis"] = "ok"
+        report["queues"] = {name: rq.queue(name).count for name in current_app.config["RQ_QUEUES"]}
+        beat = conn.get("servicepro:scheduler-heartbeat")
+        if beat:
+            at = datetime.fromisoformat(beat.decode()).replace(tzinfo=timezone.utc)
+            report["scheduler_heartbeat_age_s"] = round((now - at).total_seconds(), 1)
+        else:
+            report["scheduler_heartbeat_age_s"] = None
+    except Exception as err:  # noqa: BLE001
+        report["checks"]["redis"] = f"error: {type(err).__name__}"
+        report["status"] = "degraded"
+    return jsonify(report), 200 if report["status"] == "ok" else 503
