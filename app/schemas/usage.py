@@ -1,7 +1,6 @@
 """Usage ingestion payloads."""
 from __future__ import annotations
 
-from datetime import timezone
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
@@ -12,7 +11,7 @@ class UsageEventSchema(Schema):
     id = fields.String(required=True, validate=validate.Length(min=1, max=128))
     metric = fields.String(required=True)
     quantity = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=10**12))
-    occurred_at = fields.AwareDateTime(required=True, default_timezone=timezone.utc)
+    occurred_at = fields.AwareDateTime(required=True)
 
     def __init__(self, *args, metrics: set[str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)

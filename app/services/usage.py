@@ -51,12 +51,12 @@ def record_events(tenant: Tenant, events: list[dict], now: datetime | None = Non
     ]
     if not rows:
         return IngestResult(0, 0)
-    stmt = _insert(UsageEvent.__table__).values(rows).on_conflict_do_nothing(
+    table = UsageEvent.__table__
+    stmt = _insert(table).values(rows).on_conflict_do_nothing(
         index_elements=["tenant_id", "client_event_id"]
-    )
-    result = db.session.execute(stmt)
+    ).returning(table.c.id)
+    accepted = len(db.session.execute(stmt).all())
     db.session.commit()
-    accepted = result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(rows)
     return IngestResult(accepted=accepted, duplicates=len(rows) - accepted)
 
 
