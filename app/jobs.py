@@ -4,9 +4,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 
-from flask import current_app, has_app_context
+from flask import has_app_context
 
 log = logging.getLogger(__name__)
 _worker_app = None
@@ -111,15 +111,12 @@ def rollup_one_day(day: str) -> int:
     return rollup_day(date.fromisoformat(day))
 
 
+@job
 def scheduler_heartbeat() -> None:
     """Record that the scheduler is alive (read by /healthz)."""
     from app.extensions import rq
 
-    rq.connection.set("servicepro:scheduler-heartbeat", datetime.utcnow().isoformat(), ex=86400)
-
-
-def app_config(key: str):
-    return current_app.config[key]
+    rq.connection.set("servicepro:scheduler-heartbeat", datetime.now(timezone.utc).replace(tzinfo=None).isoformat(), ex=86400)
 
 
 # -- invoices and payments (app/services/invoicing.py, app/services/payments.py) --------------------------

@@ -117,9 +117,8 @@ def retrieve_customer(customer_id: str):
 
 def default_payment_method(customer_id: str) -> str | None:
     """The customer's default payment method id, or None."""
-    cust = retrieve_customer(customer_id)
-    settings = cust.get("invoice_settings") or {}
-    pm = settings.get("default_payment_method")
+    cust = retrieve_customer(customer_id).to_dict()
+    pm = (cust.get("invoice_settings") or {}).get("default_payment_method")
     return pm if isinstance(pm, str) or pm is None else pm.get("id")
 
 
@@ -171,6 +170,13 @@ def add_invoice_item(line_id: int, customer_id: str, stripe_invoice_id: str, amo
             "metadata": {"invoice_line_id": str(line_id)},
         },
     )
+
+
+def label_invoice(invoice_id: int, stripe_invoice_id: str, number: str, period: str) -> Any:
+    """Put our readable invoice number on a draft Stripe invoice (metadata and description); idempotent."""
+    return _call(client().v1.invoices.update, stripe_invoice_id, idempotency_key=f"invoice-label-{invoice_id}",
+                 params={"description": f"ServicePro usage and plan for {period} ({number})",
+                         "metadata": {"number": number}})
 
 
 def finalize_invoice(invoice_id: int, stripe_invoice_id: str) -> Any:

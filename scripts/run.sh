@@ -31,7 +31,7 @@ fi
 echo "==> migrating the database"
 $FLASK db upgrade >/dev/null
 echo "==> seeding demo data"
-$FLASK seed demo | tee .run/demo-logins.txt
+$FLASK seed demo > .run/demo-logins.txt
 
 echo "==> starting worker, scheduler and web"
 $PY worker.py >.run/worker.log 2>&1 &

@@ -52,7 +52,6 @@ def emulator():
     from stripe_emulator.testing import EmulatorProcess
 
     emu = EmulatorProcess()
-    emu.start() if hasattr(emu, "start") and not getattr(emu, "url", None) else None
     yield emu
     emu.stop()
 
@@ -121,6 +120,7 @@ def app(migrated, redis_url, config_overrides, request):
         emu.reset()
         extra.setdefault("STRIPE_API_BASE", emu.url)
         extra.setdefault("STRIPE_SECRET_KEY", emu.api_key)
+        extra.setdefault("STRIPE_WEBHOOK_SECRET", emu.webhook_secret)
     if "smtp_sink" in request.fixturenames:
         sink = request.getfixturevalue("smtp_sink")
         sink.clear()
