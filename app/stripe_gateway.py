@@ -7,6 +7,8 @@ product must do about them (see Outcome).
 from __future__ import annotations
 
 import logging
+import random
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -92,11 +94,19 @@ def _call(fn, *args, idempotency_key: str | None = None, params: dict | None = N
     options: dict[str, Any] = {}
     if idempotency_key:
         options["idempotency_key"] = idempotency_key
-    stripe_slot()
-    try:
-        return fn(*args, params=params or {}, options=options)
-    except stripe.StripeError as err:
-        raise classify(err) from err
+    attempts = current_app.config.get("STRIPE_RATE_LIMIT_RETRIES", 5)
+    for attempt in range(attempts + 1):
+        stripe_slot()
+        try:
+            return fn(*args, params=params or {}, options=options)
+        except stripe.RateLimitError as err:
+            # stripe-python does not retry 429s: back off and retry with the SAME idempotency key.
+            if attempt == attempts:
+                raise classify(err) from err
+            time.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random()))
+        except stripe.StripeError as err:
+            raise classify(err) from err
+    raise AssertionError("unreachable")
 
 
 # -- customers -------------------------------------------------------------------------------------------

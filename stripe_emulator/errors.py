@@ -83,7 +83,7 @@ def missing_parameter(name: str) -> StripeError:
     return param_error("Missing required param: %s." % name, name, "parameter_missing")
 
 
-def invalid_value(message: str, name: str) -> StripeError:
+def invalid_value(message: str, name: Optional[str]) -> StripeError:
     """400 for a badly typed/enum value ("Invalid integer: abc"), never saved."""
     return StripeError(400, "invalid_request_error", message, param=name, saved=False)
 

@@ -26,6 +26,9 @@ invoice pay success            [invoice.finalized...] invoice.paid,
 invoice pay declined           invoice.payment_failed, invoice.updated
 invoice pay auth required      invoice.payment_action_required,
                                invoice.payment_failed, invoice.updated
+                               (off_session=false: 400
+                               invoice_payment_intent_requires_action,
+                               invoice.payment_action_required, .updated)
 invoice pay out of band        invoice.paid
 invoice void                   invoice.voided
 invoice mark_uncollectible     invoice.marked_uncollectible
@@ -47,7 +50,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import cards, errors
 
-API_VERSION = "2026-10-28.endive"
+from . import API_VERSION  # noqa: E402  (single source of truth)
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -55,6 +58,13 @@ NO_PAYMENT_METHOD_MESSAGE = (
     "This customer has no attached payment source or default payment method. Please consider "
     "adding a default payment method. For more information, visit "
     "https://stripe.com/docs/billing/subscriptions/payment-methods-setting#payment-method-priority."
+)
+
+
+REQUIRES_ACTION_MESSAGE = (
+    "This payment requires additional user action before it can be completed successfully. Payment "
+    "can be completed using the PaymentIntent associated with the invoice. For more details see: "
+    "https://stripe.com/docs/billing/subscriptions/overview#requires-action"
 )
 
 
@@ -304,6 +314,7 @@ class Store:
         with self.lock:
             cust = self._customer(cid)
             before = copy.deepcopy(cust)
+            new_metadata = _merge_metadata(cust["metadata"], p["metadata"]) if "metadata" in p else None
             inv_settings = p.get("invoice_settings")
             new_default: Any = None
             set_default = False
@@ -329,8 +340,8 @@ class Store:
                     cust[key] = p[key] or None
             if "preferred_locales" in p:
                 cust["preferred_locales"] = list(p["preferred_locales"] or [])
-            if "metadata" in p:
-                cust["metadata"] = _merge_metadata(cust["metadata"], p["metadata"])
+            if new_metadata is not None:
+                cust["metadata"] = new_metadata
             if isinstance(inv_settings, dict) and "footer" in inv_settings:
                 cust["invoice_settings"]["footer"] = inv_settings["footer"] or None
             attached = None
@@ -640,6 +651,7 @@ class Store:
             item = self._item(ii_id)
             self._editable_item(item)
             before = copy.deepcopy(item)
+            new_metadata = _merge_metadata(item["metadata"], p["metadata"]) if "metadata" in p else None
             if any(k in p for k in ("amount", "unit_amount_decimal", "price_data", "quantity")):
                 merged = {"quantity": p.get("quantity", item["quantity"])}
                 for k in ("amount", "unit_amount_decimal", "price_data"):
@@ -653,8 +665,8 @@ class Store:
                 item["pricing"]["unit_amount_decimal"] = unit
             if "description" in p:
                 item["description"] = p["description"] or None
-            if "metadata" in p:
-                item["metadata"] = _merge_metadata(item["metadata"], p["metadata"])
+            if new_metadata is not None:
+                item["metadata"] = new_metadata
             if "period" in p:
                 item["period"] = {"end": p["period"]["end"], "start": p["period"]["start"]}
             if "discountable" in p:
@@ -793,6 +805,9 @@ class Store:
             currency = (p.get("currency") or cust.get("currency") or "usd").lower()
             if p.get("default_payment_method"):
                 self._check_attachable(p["default_payment_method"], cid, "default_payment_method")
+                if cards.lookup(p["default_payment_method"]) is None:  # pure check for real ids
+                    self._resolve_pm_for_customer(p["default_payment_method"], cid,
+                                                  "default_payment_method", ctx)
             created = self.clock()
             inv_id = new_id("in")
             inv: Dict[str, Any] = {
@@ -903,11 +918,17 @@ class Store:
                         "Finalized invoices can't be updated in this way: you can't update `%s` on an "
                         "invoice with status `%s`." % (bad[0], status), bad[0])
             before = self._render_invoice(inv)
+            new_metadata = _merge_metadata(inv["metadata"], p["metadata"]) if "metadata" in p else None
+            if p.get("collection_method", "send_invoice") not in ("charge_automatically", "send_invoice"):
+                raise errors.invalid_value(
+                    "Invalid collection_method: must be one of charge_automatically or send_invoice",
+                    "collection_method")
+            if p.get("default_payment_method"):
+                self._check_attachable(p["default_payment_method"], inv["customer"], "default_payment_method")
+                if cards.lookup(p["default_payment_method"]) is None:
+                    self._resolve_pm_for_customer(p["default_payment_method"], inv["customer"],
+                                                  "default_payment_method", ctx)
             if "collection_method" in p:
-                if p["collection_method"] not in ("charge_automatically", "send_invoice"):
-                    raise errors.invalid_value(
-                        "Invalid collection_method: must be one of charge_automatically or send_invoice",
-                        "collection_method")
                 inv["collection_method"] = p["collection_method"]
             if "default_payment_method" in p:
                 ref = p["default_payment_method"]
@@ -924,8 +945,8 @@ class Store:
                 inv["_days_until_due"] = p["days_until_due"]
             if "custom_fields" in p:
                 inv["custom_fields"] = p["custom_fields"] or None
-            if "metadata" in p:
-                inv["metadata"] = _merge_metadata(inv["metadata"], p["metadata"])
+            if new_metadata is not None:
+                inv["metadata"] = new_metadata
             after = self._render_invoice(inv)
             previous = _diff(before, after)
             if previous:
@@ -1058,6 +1079,12 @@ class Store:
             behaviour = card.behaviour if card else "charge_fail"
             code, decline_code, message = cards.CHARGE_FAILURES[behaviour]
             rendered = self._render_invoice(inv)
+            if behaviour == "auth_required" and p.get("off_session") is False:
+                # On-session: the PaymentIntent waits for 3DS instead of failing.
+                self._emit("invoice.payment_action_required", rendered, ctx)
+                self._emit("invoice.updated", rendered, ctx, _diff(before, rendered))
+                raise errors.invalid_request(REQUIRES_ACTION_MESSAGE, None,
+                                             "invoice_payment_intent_requires_action")
             if behaviour == "auth_required":
                 self._emit("invoice.payment_action_required", rendered, ctx)
             self._emit("invoice.payment_failed", rendered, ctx)

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, Optional
 
 __all__ = ["sign", "signature_header", "WebhookSettings", "WebhookDispatcher"]
 

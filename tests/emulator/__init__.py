@@ -1,0 +1,1 @@
+"""Tests of the local Stripe emulator (stripe_emulator package)."""
