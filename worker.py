@@ -17,14 +17,17 @@ def main() -> None:
     import app.jobs as jobs
     from app import create_app
     from app.extensions import rq
+    from app.workers import start_sweeper_thread
 
     app = create_app()
     jobs._worker_app = app  # jobs open a fresh app context (and session) each, from this one app
     with app.app_context():
         queues = [rq.queue(name) for name in (args.queues or app.config["RQ_QUEUES"])]
         connection = rq.connection
-    # A short worker TTL lets abandoned jobs (a killed worker) be detected quickly.
-    worker = Worker(queues, connection=connection, worker_ttl=60, job_monitoring_interval=15)
+    # Abandoned jobs (a killed worker) are re-driven within seconds by the lease sweeper (app/workers.py);
+    # a short worker TTL also lets RQ itself forget dead workers quickly.
+    start_sweeper_thread(connection, [q.name for q in queues])
+    worker = Worker(queues, connection=connection, worker_ttl=30, job_monitoring_interval=5)
     worker.work(burst=args.burst, with_scheduler=False)
 
 

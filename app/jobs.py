@@ -37,8 +37,11 @@ def _run(fn, args, kwargs):
     if getattr(db.engine, "_servicepro_pid", None) != os.getpid():
         db.engine.dispose(close=False)
         db.engine._servicepro_pid = os.getpid()
+    from app.workers import job_lease
+
     try:
-        return fn(*args, **kwargs)
+        with job_lease():
+            return fn(*args, **kwargs)
     except Exception:
         db.session.rollback()
         raise
