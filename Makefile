@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export FLASK_APP := app:create_app
 
-.PHONY: run test setup setup-test bench chaos lint
+.PHONY: run test setup setup-test bench chaos
 
 setup:
 	@scripts/setup.sh run
@@ -19,3 +19,6 @@ test: setup-test
 
 bench: setup-test
 	@$(PY) -m bench $(BENCH_ARGS)
+
+chaos: setup-test
+	@$(PY) -m chaos $(CHAOS_ARGS)

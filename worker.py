@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Worker
 
 
@@ -13,6 +15,8 @@ def main() -> None:
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(name)s %(message)s")
+    for noisy in ("alembic", "stripe"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     import app.jobs as jobs
     from app import create_app
@@ -27,8 +31,17 @@ def main() -> None:
     # Abandoned jobs (a killed worker) are re-driven within seconds by the lease sweeper (app/workers.py);
     # a short worker TTL also lets RQ itself forget dead workers quickly.
     start_sweeper_thread(connection, [q.name for q in queues])
-    worker = Worker(queues, connection=connection, worker_ttl=30, job_monitoring_interval=5)
-    worker.work(burst=args.burst, with_scheduler=False)
+    delay = 1.0
+    while True:
+        worker = Worker(queues, connection=connection, worker_ttl=30, job_monitoring_interval=5)
+        try:
+            worker.work(burst=args.burst, with_scheduler=False)
+            return
+        except RedisConnectionError:
+            # Redis restarted or is unreachable: wait and come back as a fresh worker instead of exiting.
+            logging.getLogger("worker").warning("lost Redis; reconnecting in %.0fs", delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 def register_extensions(app: Flask) -> None:
     from app import access, tenancy
+    from app.services import dunning
     from app.extensions import csrf, db, htmx, limiter, login_manager, migrate, rq
 
     db.init_app(app)
@@ -34,6 +35,7 @@ def register_extensions(app: Flask) -> None:
     rq.init_app(app)
     access.init_app(app)
     tenancy.init_app(app)
+    dunning.init_app(app)  # the overdue banner's data on every tenant admin page
     register_security_headers(app)
 
 
@@ -69,6 +71,7 @@ def register_security_headers(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
+    from app.api.openapi import bp as openapi_bp
     from app.api.views import bp as api_bp
     from app.ops.views import bp as ops_bp
     from app.auth.views import bp as auth_bp
@@ -77,7 +80,7 @@ def register_blueprints(app: Flask) -> None:
     from app.tenants.views import bp as tenants_bp
     from app.webhooks.views import bp as webhooks_bp
 
-    for bp in (auth_bp, tenants_bp, billing_bp, system_billing_bp, api_bp, webhooks_bp, ops_bp):
+    for bp in (auth_bp, tenants_bp, billing_bp, system_billing_bp, api_bp, openapi_bp, webhooks_bp, ops_bp):
         app.register_blueprint(bp)
 
 

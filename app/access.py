@@ -96,7 +96,15 @@ def enforce_access():
     return None
 
 
+def _fresh_request_state() -> None:
+    # A request reuses an already-pushed app context (tests, CLI-driven requests): never let a previous
+    # request's signed-in user or tenant scope carry over through `g`.
+    g.pop("_login_user", None)
+    g.pop("scope_tenant_id", None)
+
+
 def init_app(app: Flask) -> None:
+    app.before_request(_fresh_request_state)
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Please sign in to continue."
     login_manager.session_protection = "basic"

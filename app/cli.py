@@ -98,3 +98,85 @@ def create_root_cmd(email: str, password: str) -> None:
 def init_app(app: Flask) -> None:
     for group in (seed_cli, usage_cli, billing_cli, tenants_cli):
         app.cli.add_command(group)
+
+
+@billing_cli.command("dunning")
+@click.option("--as-of", "as_of", default=None, help="YYYY-MM-DD in BILLING_TIMEZONE (default: today there)")
+def billing_dunning_cmd(as_of: str | None) -> None:
+    """Run the dunning pass as of a date: overdue days, stage changes, emails; idempotent."""
+    from app.services.dunning import run_pass
+
+    day = _date(as_of, "--as-of")
+    try:
+        result = run_pass(day)
+    except ValueError as err:  # inconsistent DUNNING_*_DAYS
+        raise click.UsageError(str(err)) from None
+    click.echo(f"dunning pass as of {result.as_of.isoformat()}: {result.evaluated} tenants evaluated, "
+               f"{result.changed} stage changes, {result.emails_queued} emails queued")
+    for stage in ("reminder", "suspended", "restricted", "ok"):
+        if result.changes.get(stage):
+            click.echo(f"  -> {stage}: {result.changes[stage]}")
+
+
+@billing_cli.command("run-invoices")
+@click.option("--period", help="YYYY-MM (default: the month before --as-of).")
+@click.option("--tenant", "tenant_id", type=int, help="Only this tenant id.")
+@click.option("--as-of", "as_of", help="YYYY-MM-DD in BILLING_TIMEZONE (default: today); picks the default period.")
+def run_invoices_cmd(period: str | None, tenant_id: int | None, as_of: str | None) -> None:
+    """Generate and charge invoices for a period, in this process (no worker needed); idempotent."""
+    from app.extensions import db
+    from app.models import Tenant
+    from app.services import clock, invoicing
+
+    as_of_day = _date(as_of, "--as-of") or clock.today()
+    if period:
+        try:
+            year, month = clock.parse_period(period)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--period") from None
+    else:
+        year, month = clock.previous_month(as_of_day)
+    period = invoicing.period_key(year, month)
+    if tenant_id is not None and db.session.get(Tenant, tenant_id) is None:
+        raise click.BadParameter(f"no tenant with id {tenant_id}", param_hint="--tenant")
+    tenant_ids = [tenant_id] if tenant_id is not None else invoicing.billable_tenant_ids(year, month)
+    invoicing.generate_invoices(year, month, tenant_ids=tenant_ids)  # every tenant's lines in one aggregate
+
+    outcomes = []
+    with click.progressbar(tenant_ids, label=f"Invoicing {period}", show_pos=True) as bar:
+        for tid in bar:
+            outcomes.append(invoicing.invoice_and_charge(tid, period, trigger="manual"))
+    by = {r: [o for o in outcomes if o.result == r] for r in invoicing.RunResult}
+    click.echo(f"{period}: invoiced {len(by['invoiced'])}, skipped (already done) {len(by['skipped'])}, "
+               f"failed {len(by['failed'])}")
+    for o in by["invoiced"]:
+        if o.payment and o.payment != "succeeded":
+            click.echo(f"  tenant {o.tenant_id}: invoice {o.invoice_status}, payment {o.payment}: {o.reason}")
+    for o in by["skipped"]:
+        if o.reason and o.reason != "already done":
+            click.echo(f"  tenant {o.tenant_id}: skipped, {o.reason}")
+    for o in by["failed"]:
+        click.echo(f"  tenant {o.tenant_id}: FAILED, {o.reason}", err=True)
+    if by["failed"]:
+        raise SystemExit(1)
+
+
+@billing_cli.command("reconcile")
+def billing_reconcile_cmd() -> None:
+    """Apply Stripe's current state to every open invoice (heals lost webhooks); idempotent."""
+    from app.services.reconciliation import reconcile_open_invoices
+
+    click.echo(f"reconciled open invoices with Stripe: {reconcile_open_invoices()} changed")
+
+
+@billing_cli.command("replay-webhook")
+@click.argument("event_row_id", type=int)
+def billing_replay_webhook_cmd(event_row_id: int) -> None:
+    """Process a stored Stripe webhook event again (by its webhook_events id); audit-logged."""
+    from app.services.webhooks import replay_event
+
+    try:
+        status = replay_event(event_row_id, None)
+    except (LookupError, ValueError) as err:
+        raise click.UsageError(str(err)) from None
+    click.echo(f"webhook event {event_row_id}: {status}")

@@ -66,7 +66,7 @@ def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "REMEMBER_COOKIE_SECURE": production,
         "WTF_CSRF_HEADERS": ["X-CSRFToken", "X-CSRF-Token"],
         "WTF_CSRF_TIME_LIMIT": None,
-        "RUN_JOBS_INLINE": env.get("RUN_JOBS_INLINE") == "1",
+        "SWEEPER_STALE_SECONDS": int(env.get("SWEEPER_STALE_SECONDS", "120")),
     }
     secret = env.get("SECRET_KEY")
     if not secret and production and "SECRET_KEY" not in overrides:

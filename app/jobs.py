@@ -198,3 +198,13 @@ def flush_outbox() -> int:
     from app.services.notifications import flush_outbox as flush
 
     return flush()
+
+
+@job
+def sweep_stuck() -> dict:
+    """Re-drive rows stuck mid-state (see app/services/sweeper.py)."""
+    from dataclasses import asdict
+
+    from app.services.sweeper import sweep_stuck as sweep
+
+    return asdict(sweep())

@@ -29,4 +29,5 @@ SCHEDULE: list[Periodic] = [
     Periodic("stripe-reconcile", "0 3 * * *", "app.jobs.reconcile_open_invoices", queue="billing"),
     Periodic("webhooks-retry-failed", "*/5 * * * *", "app.jobs.retry_failed_webhooks", queue="webhooks"),
     Periodic("outbox-flush", "* * * * *", "app.jobs.flush_outbox", queue="mail", result_ttl=300),
+    Periodic("sweep-stuck", "* * * * *", "app.jobs.sweep_stuck", result_ttl=300),
 ]

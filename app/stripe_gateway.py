@@ -6,6 +6,7 @@ product must do about them (see Outcome).
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -219,6 +220,13 @@ def list_invoices(customer_id: str, limit: int = 100) -> list[Any]:
     return list(page.auto_paging_iter())
 
 
+# -- charges ---------------------------------------------------------------------------------------------
+
+def retrieve_charge(charge_id: str) -> Any:
+    """A charge (read when a dispute names only its charge id)."""
+    return _call(client().v1.charges.retrieve, charge_id)
+
+
 # -- portal ----------------------------------------------------------------------------------------------
 
 def portal_session_url(customer_id: str, return_url: str) -> str:
@@ -244,9 +252,15 @@ def verify_event(payload: bytes, signature: str | None, secret: str) -> dict:
     if not signature:
         raise ValueError("missing Stripe-Signature header")
     try:
-        event = stripe.Webhook.construct_event(payload, signature, secret)
+        text = payload.decode("utf-8") if isinstance(payload, (bytes, bytearray)) else payload
+        stripe.WebhookSignature.verify_header(text, signature, secret, stripe.Webhook.DEFAULT_TOLERANCE)
+        # The event as Stripe sent it (plain JSON): a StripeObject would turn decimal strings into Decimal, which
+        # cannot be stored as JSON, and building one costs more than the rest of receiving an event.
+        event = json.loads(text)
     except stripe.SignatureVerificationError as err:
         raise ValueError(f"bad signature: {err.user_message or err}") from err
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"malformed body: {err}") from err
-    return event.to_dict() if hasattr(event, "to_dict") else dict(event)
+    if not isinstance(event, dict):
+        raise ValueError("malformed body: the event is not a JSON object")
+    return event

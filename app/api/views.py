@@ -47,3 +47,26 @@ def entitlements(tenant_id: int):
     if tenant is None:
         raise ApiError(404, "No such tenant.")
     return jsonify(EntitlementsSchema().dump(entitlements_for(tenant).as_dict()))
+
+
+@bp.route("/admin/billing/customer")
+@access(TENANT, billing_ok=True)
+def billing_customer():
+    """The billing status of the caller's tenant (root admins pass ?tenant_id=)."""
+    from app.schemas.billing import BillingCustomerQuerySchema, BillingCustomerSchema
+    from app.services.invoicing import billing_status
+
+    args = BillingCustomerQuerySchema().load(request.args.to_dict())
+    wanted = args.get("tenant_id")
+    if current_user.is_root:
+        if wanted is None:
+            raise ApiError(422, "Root admins must say which tenant.", "validation_error",
+                           {"tenant_id": ["Missing data for required field."]})
+        tenant = db.session.get(Tenant, wanted)
+    else:
+        tenant = db.session.get(Tenant, current_user.tenant_id)
+        if wanted is not None and wanted != current_user.tenant_id:
+            tenant = None
+    if tenant is None:
+        raise ApiError(404, "No such tenant.")
+    return jsonify(BillingCustomerSchema().dump(billing_status(tenant)))

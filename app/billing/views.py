@@ -1,18 +1,124 @@
-"""The tenant admin's billing page."""
+"""The tenant admin's billing page: plan, usage estimate, invoices, Pay now, Update Payment Method, printable invoice.
+
+Root admins may look at a tenant's page read-only with ?tenant_id= (without it they land on system billing);
+the tenant's own actions (Pay now, Update Payment Method) are for the tenant's admins — root admins use the
+audited controls on system billing instead.
+"""
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+import hmac
+import secrets
+
+from flask import (Blueprint, abort, current_app, flash, make_response, redirect, render_template, request, session,
+                   url_for)
 from flask_login import current_user
 
 from app.access import TENANT, access
-from app.extensions import db
-from app.models import Tenant
+from app.extensions import db, htmx
+from app.models import Invoice, InvoiceStatus, Tenant
+from app.services import billing_views
+from app.services.pricing import METRIC_LABELS
 
 bp = Blueprint("billing", __name__)
+
+_NONCE_KEY = "card_update_nonce"
+
+
+def _own_tenant() -> Tenant:
+    """The signed-in tenant admin's tenant; root admins act through system billing instead."""
+    if current_user.is_root:
+        abort(403, "Root admins act on a tenant's billing from System billing, with a reason.")
+    tenant = db.session.get(Tenant, current_user.tenant_id)
+    if tenant is None:
+        abort(404)
+    return tenant
+
+
+def _visible_invoice(invoice_id: int) -> Invoice:
+    # Tenant admins' queries are scoped to their tenant (app/tenancy.py): another tenant's id reads as None.
+    # populate_existing: always ask the database (through the scope), never trust an identity-map hit.
+    invoice = db.session.get(Invoice, invoice_id, populate_existing=True)
+    if invoice is None or (invoice.status == InvoiceStatus.DRAFT and not current_user.is_root):
+        abort(404)
+    return invoice
 
 
 @bp.route("/admin/billing")
 @access(TENANT, billing_ok=True)
 def index():
-    tenant = db.session.get(Tenant, current_user.tenant_id) if not current_user.is_root else None
-    return render_template("billing/index.html", tenant=tenant)
+    if current_user.is_root:
+        tenant_id = request.args.get("tenant_id", type=int)
+        if tenant_id is None:
+            return redirect(url_for("system_billing.index"))
+        tenant = db.session.get(Tenant, tenant_id)
+        if tenant is None:
+            abort(404)
+        read_only = True
+    else:
+        tenant = _own_tenant()
+        read_only = False
+        nonce = request.args.get("card_updated")
+        if nonce is not None:
+            # Back from the Customer Portal: charge the open invoices once, then drop the marker from the URL
+            # (the nonce is single-use, so a reload or a forged link never charges again).
+            expected = session.pop(_NONCE_KEY, None)
+            if expected and hmac.compare_digest(nonce, expected):
+                result = billing_views.retry_after_card_update(tenant.id)
+                flash(result.message, "success" if result.ok else "error")
+            return redirect(url_for("billing.index"), 303)
+    view = billing_views.tenant_billing(tenant)
+    return render_template("billing/index.html", b=view, tenant=tenant, read_only=read_only,
+                           can_pay_now=billing_views.can_pay_now, metric_labels=METRIC_LABELS,
+                           unit_price=billing_views.format_unit_price)
+
+
+@bp.route("/admin/billing/payment-method", methods=["POST"])
+@access(TENANT, billing_ok=True)
+def payment_method():
+    tenant = _own_tenant()
+    nonce = secrets.token_urlsafe(16)
+    return_url = current_app.config["APP_BASE_URL"] + url_for("billing.index", card_updated=nonce)
+    try:
+        portal = billing_views.payment_portal_url(tenant.id, return_url)
+    except Exception:  # noqa: BLE001 - Stripe down or refusing: say so, never a 500
+        db.session.rollback()
+        current_app.logger.exception("could not open a portal session for tenant %s", tenant.id)
+        flash("We could not open the secure payment page just now. Please try again in a minute.", "error")
+        return redirect(url_for("billing.index"), 303)
+    session[_NONCE_KEY] = nonce
+    if htmx:
+        resp = make_response("", 204)
+        resp.headers["HX-Redirect"] = portal
+        return resp
+    return redirect(portal, 303)
+
+
+@bp.route("/admin/billing/invoices/<int:invoice_id>/pay", methods=["POST"])
+@access(TENANT, billing_ok=True)
+def pay_invoice(invoice_id: int):
+    tenant = _own_tenant()
+    invoice = _visible_invoice(invoice_id)
+    stage_before = tenant.dunning_stage
+    if not billing_views.can_pay_now(invoice):
+        result = billing_views.PayResult(invoice.status == InvoiceStatus.PAID,
+                                         "This invoice is already paid." if invoice.status == InvoiceStatus.PAID
+                                         else f"This invoice is {invoice.status}: there is nothing to pay.",
+                                         invoice)
+    else:
+        result = billing_views.pay_now(invoice.id)
+    if htmx:
+        db.session.refresh(tenant)
+        return render_template("billing/pay_result.html", inv=result.invoice or invoice, result=result,
+                               tenant=tenant, stage_before=stage_before, balance=billing_views.balance_due(tenant.id),
+                               currency=tenant.plan_obj.currency, can_pay_now=billing_views.can_pay_now)
+    flash(result.message, "success" if result.ok else "error")
+    return redirect(url_for("billing.index"), 303)
+
+
+@bp.route("/admin/billing/invoices/<int:invoice_id>")
+@access(TENANT, billing_ok=True)
+def invoice(invoice_id: int):
+    invoice = _visible_invoice(invoice_id)
+    tenant = db.session.get(Tenant, invoice.tenant_id)
+    return render_template("billing/invoice.html", invoice=invoice, tenant=tenant,
+                           unit_price=billing_views.format_unit_price)

@@ -1,16 +1,308 @@
-"""The root admin's system billing page."""
+"""The root admin's system billing page: every tenant's billing state, force-runs, run-all, root controls, webhooks.
+
+All routes here are root-only (deny by default, see app/access.py). Every form works without JavaScript (POST,
+then a 303 back with a flash, or the page re-rendered with the error at 422); with htmx the same endpoints
+answer with the component that changed (a force-run status, a tenant row, the run progress bar).
+"""
 from __future__ import annotations
 
-from flask import Blueprint, render_template
-from sqlalchemy import select
+from datetime import date
+from typing import Any
+from urllib.parse import urlsplit
 
-from app.extensions import db
-from app.models import Tenant
+from flask import Blueprint, abort, flash, make_response, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from app.errors import json_error, wants_json
+from app.extensions import db, htmx
+from app.models import BillingRun, Invoice
+from app.services import billing_views
+from app.services.billing_views import TenantQuery
 
 bp = Blueprint("system_billing", __name__)
 
 
+def _index_context(query: TenantQuery, **extra: Any) -> dict[str, Any]:
+    context = dict(page=billing_views.tenant_page(query), overview=billing_views.overview(),
+                   run=billing_views.latest_run(), webhook_events=billing_views.failed_webhook_events(),
+                   periods=billing_views.period_choices(), default_period=billing_views.default_period(),
+                   sorts=billing_views.SORTS, flags=billing_views.FLAGS, stages=billing_views.STAGES,
+                   per_page_choices=billing_views.PER_PAGE_CHOICES, force_errors={}, run_error=None)
+    context.update(extra)
+    return context
+
+
 @bp.route("/admin/system-billing")
 def index():
-    tenants = db.session.scalars(select(Tenant).order_by(Tenant.name)).all()
-    return render_template("system_billing/index.html", tenants=tenants)
+    query = TenantQuery.from_args(request.args)
+    if htmx and htmx.target == "tenant-table" and not htmx.history_restore_request:
+        return render_template("_partials/system_tenant_table.html", page=billing_views.tenant_page(query),
+                               periods=billing_views.period_choices(), default_period=billing_views.default_period(),
+                               sorts=billing_views.SORTS, force_errors={})
+    return render_template("system_billing/index.html", **_index_context(query))
+
+
+def _back_to_index():
+    """Where a no-JS form goes back to: the system billing page it came from (query kept), else its first page."""
+    ref = request.referrer or ""
+    parts = urlsplit(ref)
+    if parts.path == url_for("system_billing.index") and parts.netloc == request.host:
+        return redirect(url_for("system_billing.index") + (f"?{parts.query}" if parts.query else ""), 303)
+    return redirect(url_for("system_billing.index"), 303)
+
+
+def _row_or_404(tenant_id: int):
+    row = billing_views.tenant_row(tenant_id)
+    if row is None:
+        abort(404)
+    return row
+
+
+# -- force-run one tenant ------------------------------------------------------------------------------------
+
+def _in_table() -> bool:
+    """Whether the force-run component lives in the tenants table (one month select for all rows)."""
+    return (request.values.get("in_table") or "") == "1"
+
+
+def _force_run_fragment(row, fr, *, error: str | None = None, period: str | None = None, status: int = 200,
+                        focus: bool = False):
+    html = render_template("_partials/force_run.html", row=row, fr=fr, error=error, shared_form=_in_table(),
+                           focus=focus, periods=billing_views.period_choices(),
+                           selected=period or (fr.period if fr else billing_views.default_period()))
+    return html, status
+
+
+@bp.route("/admin/system-billing/tenants/<int:tenant_id>/force-run", methods=["POST"])
+def force_run(tenant_id: int):
+    row = _row_or_404(tenant_id)
+    raw = request.form.get("period", "")
+    try:
+        period = billing_views.parse_period_input(raw)
+    except ValueError as err:
+        message = str(err)
+        if wants_json():
+            return json_error(422, message, "validation_error", {"period": [message]})
+        if htmx:
+            return _force_run_fragment(row, None, error=message, period=raw, status=422)
+        if not _in_table():
+            return _tenant_page(tenant_id, errors={"force_run": message}, status=422)
+        query = TenantQuery.from_args(request.args)
+        return render_template("system_billing/index.html",
+                               **_index_context(query, force_errors={tenant_id: (raw, message)},
+                                                force_month=raw)), 422
+    try:
+        fr = billing_views.enqueue_force_run(tenant_id, period)
+    except Exception:  # noqa: BLE001 - Redis unavailable: tell the admin, never a 500
+        from flask import current_app
+
+        current_app.logger.exception("could not queue the invoice job of tenant %s", tenant_id)
+        fr = billing_views.ForceRun(tenant_id, period, "failed", "Could not queue the job (is Redis up?).", "bad")
+    if htmx:
+        return _force_run_fragment(row, fr, focus=True)  # the pressed button is gone: focus its status
+    if fr.state == "failed":
+        flash(f"{row.name}: {fr.message}", "error")
+    else:
+        flash(f"Invoice run for {row.name} ({period}) queued; reload in a moment to see the result.", "info")
+    if not _in_table():
+        return redirect(url_for("system_billing.tenant", tenant_id=tenant_id), 303)
+    return _back_to_index()
+
+
+@bp.route("/admin/system-billing/tenants/<int:tenant_id>/force-run/status")
+def force_run_status(tenant_id: int):
+    row = _row_or_404(tenant_id)
+    raw = request.args.get("period") or billing_views.default_period()
+    try:
+        period = billing_views.parse_period_input(raw)
+    except ValueError as err:
+        if wants_json():
+            return json_error(422, str(err), "validation_error", {"period": [str(err)]})
+        return _force_run_fragment(row, None, error=str(err), period=raw, status=422)
+    fr = billing_views.force_run_status(tenant_id, period)
+    if htmx and fr.done and _in_table():
+        # The job is over: replace the whole row, so it shows the new invoice and balance without a reload.
+        fresh = billing_views.tenant_row(tenant_id) or row
+        resp = make_response(render_template("_partials/system_tenant_row.html", row=fresh, fr=fr,
+                                             periods=billing_views.period_choices(), selected=period,
+                                             force_errors={}))
+        resp.headers["HX-Retarget"] = f"#tenant-row-{tenant_id}"
+        resp.headers["HX-Reswap"] = "outerHTML"
+        return resp
+    if htmx:
+        return _force_run_fragment(row, fr)
+    return render_template("system_billing/force_run.html", row=row, fr=fr,
+                           periods=billing_views.period_choices(), selected=period)
+
+
+# -- run all tenants -----------------------------------------------------------------------------------------
+
+@bp.route("/admin/system-billing/runs", methods=["POST"])
+def start_run():
+    from app.services.invoicing import start_billing_run
+
+    raw = request.form.get("period", "")
+    try:
+        period = billing_views.parse_period_input(raw)
+    except ValueError as err:
+        message = str(err)
+        if wants_json():
+            return json_error(422, message, "validation_error", {"period": [message]})
+        if htmx:
+            return render_template("_partials/billing_run.html", run=billing_views.latest_run(), run_error=message,
+                                   periods=billing_views.period_choices(), selected=raw), 422
+        return render_template("system_billing/index.html",
+                               **_index_context(TenantQuery.from_args(request.args), run_error=message)), 422
+    try:
+        run = start_billing_run(period, started_by=current_user.id)
+    except Exception:  # noqa: BLE001 - Redis or database trouble: a message, never a 500
+        db.session.rollback()
+        from flask import current_app
+
+        current_app.logger.exception("could not start a billing run for %s", period)
+        message = "Could not start the run (queue unavailable). Nothing was started; try again."
+        if htmx:
+            return render_template("_partials/billing_run.html", run=billing_views.latest_run(), run_error=message,
+                                   periods=billing_views.period_choices(), selected=period), 422
+        flash(message, "error")
+        return _back_to_index()
+    if htmx:
+        return render_template("_partials/billing_run.html", run=run, run_error=None,
+                               periods=billing_views.period_choices(), selected=period)
+    flash(f"Billing run #{run.id} for {period} started: {run.total} tenants queued.", "success")
+    return _back_to_index()
+
+
+@bp.route("/admin/system-billing/runs/<int:run_id>")
+def run_progress(run_id: int):
+    run = db.session.get(BillingRun, run_id)
+    if run is None:
+        abort(404)
+    if htmx:
+        return render_template("_partials/billing_run.html", run=run, run_error=None,
+                               periods=billing_views.period_choices(), selected=run.period)
+    return render_template("system_billing/run.html", run=run, periods=billing_views.period_choices(),
+                           selected=run.period)
+
+
+# -- one tenant: details and root controls -------------------------------------------------------------------
+
+def _tenant_page(tenant_id: int, *, errors: dict[str, str] | None = None, form: dict[str, str] | None = None,
+                 status: int = 200):
+    detail = billing_views.tenant_detail(tenant_id)
+    if detail is None:
+        abort(404)
+    try:  # the default month's force-run, if one is queued, running or just finished
+        fr = billing_views.force_run_status(tenant_id, billing_views.default_period())
+    except Exception:  # noqa: BLE001 - Redis down: the page still shows the billing state
+        fr = None
+    return render_template("system_billing/tenant.html", d=detail, row=detail.row, fr=fr, errors=errors or {},
+                           form=form or {}, periods=billing_views.period_choices(),
+                           selected=billing_views.default_period(), force_errors={}), status
+
+
+@bp.route("/admin/system-billing/tenants/<int:tenant_id>")
+def tenant(tenant_id: int):
+    return _tenant_page(tenant_id)
+
+
+def _action_failed(tenant_id: int, key: str, message: str):
+    if wants_json():
+        return json_error(422, message, "validation_error", {"reason": [message]} if "reason" in message else {})
+    return _tenant_page(tenant_id, errors={key: message}, form=request.form.to_dict(), status=422)
+
+
+@bp.route("/admin/system-billing/tenants/<int:tenant_id>/exempt", methods=["POST"])
+def exempt(tenant_id: int):
+    from app.services.admin_actions import ActionError, exempt_tenant
+
+    _row_or_404(tenant_id)
+    raw = (request.form.get("until") or "").strip()
+    until: date | None = None
+    if raw:
+        try:
+            until = date.fromisoformat(raw)
+        except ValueError:
+            return _action_failed(tenant_id, "exempt", "Enter the end date as YYYY-MM-DD, or leave it empty to end "
+                                                       "the arrangement.")
+    try:
+        result = exempt_tenant(tenant_id, until, current_user._get_current_object(), request.form.get("reason", ""))
+    except ActionError as err:
+        return _action_failed(tenant_id, "exempt", _capital(str(err)))
+    flash(f"Exempt from dunning until {until.isoformat()}; stage now {result.stage}." if until
+          else f"Payment arrangement ended; stage now {result.stage}.", "success")
+    return redirect(url_for("system_billing.tenant", tenant_id=tenant_id), 303)
+
+
+_INVOICE_ACTIONS = {
+    "retry": ("retry_payment_now", "Payment retry {detail} for invoice {label}."),
+    "mark-paid": ("mark_paid_out_of_band", "Invoice {label} marked paid out of band; stage now {stage}."),
+    "void": ("void_invoice", "Invoice {label} voided; stage now {stage}."),
+}
+
+
+def _invoice_action(invoice_id: int, action: str):
+    from app.services import admin_actions
+
+    invoice = db.session.get(Invoice, invoice_id)
+    if invoice is None:
+        abort(404)
+    tenant_id, label = invoice.tenant_id, invoice.number or f"#{invoice.id}"
+    fn_name, template = _INVOICE_ACTIONS[action]
+    try:
+        result = getattr(admin_actions, fn_name)(invoice_id, current_user._get_current_object(),
+                                                 request.form.get("reason", ""))
+    except admin_actions.ActionError as err:
+        db.session.rollback()
+        return _action_failed(tenant_id, f"invoice-{invoice_id}", _capital(str(err)))
+    detail = result.detail
+    detail_text = {"succeeded": "succeeded", "failed": "failed (declined)", "skipped": "skipped"}.get(
+        str(detail), f"queued (job {detail})" if detail else "done")
+    flash(template.format(label=label, stage=result.stage, detail=detail_text), "success")
+    return redirect(url_for("system_billing.tenant", tenant_id=tenant_id), 303)
+
+
+@bp.route("/admin/system-billing/invoices/<int:invoice_id>/retry", methods=["POST"])
+def retry_invoice(invoice_id: int):
+    return _invoice_action(invoice_id, "retry")
+
+
+@bp.route("/admin/system-billing/invoices/<int:invoice_id>/mark-paid", methods=["POST"])
+def mark_paid(invoice_id: int):
+    return _invoice_action(invoice_id, "mark-paid")
+
+
+@bp.route("/admin/system-billing/invoices/<int:invoice_id>/void", methods=["POST"])
+def void(invoice_id: int):
+    return _invoice_action(invoice_id, "void")
+
+
+def _capital(text: str) -> str:
+    text = text.strip()
+    return (text[:1].upper() + text[1:]) if text else text
+
+
+# -- failed webhook events -----------------------------------------------------------------------------------
+
+@bp.route("/admin/system-billing/webhooks/<int:event_id>/replay", methods=["POST"])
+def replay_webhook(event_id: int):
+    try:
+        from app.services import webhooks
+    except ImportError:
+        abort(503, "Webhook processing is not installed yet.")
+    from app.models import WebhookEvent
+
+    event = db.session.get(WebhookEvent, event_id)
+    if event is None:
+        abort(404)
+    label = event.stripe_event_id
+    try:
+        outcome = webhooks.replay_event(event_id, current_user.id)
+    except Exception as err:  # noqa: BLE001 - being processed, gone, or Redis down: a message, never a 500
+        db.session.rollback()
+        if wants_json():
+            return json_error(422, str(err))
+        flash(f"Could not replay {label}: {err}", "error")
+        return _back_to_index()
+    flash(f"Webhook {label} replayed: {outcome}.", "success" if outcome != "failed" else "error")
+    return _back_to_index()

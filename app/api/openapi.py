@@ -1,0 +1,88 @@
+"""The OpenAPI document of the JSON API, generated from the marshmallow schemas (apispec)."""
+from __future__ import annotations
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Blueprint, current_app, jsonify
+from marshmallow import Schema, fields
+
+from app.access import PUBLIC, access
+from app.schemas.billing import BillingCustomerQuerySchema, BillingCustomerSchema
+from app.schemas.usage import EntitlementsSchema, UsageEventSchema, UsageIngestResultSchema
+
+bp = Blueprint("openapi", __name__)
+
+
+class ErrorBodySchema(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    fields_ = fields.Dict(data_key="fields", required=True)
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorBodySchema, required=True)
+
+
+class UsageBatchInSchema(Schema):
+    events = fields.List(fields.Nested(UsageEventSchema), required=True)
+
+
+def _errors(*codes: int) -> dict:
+    text = {400: "Malformed request", 401: "Missing or invalid credentials", 403: "Not allowed",
+            404: "Not found", 415: "Not JSON", 422: "Invalid fields", 429: "Rate limited"}
+    return {str(c): {"description": text[c], "content": {"application/json": {"schema": "Error"}}} for c in codes}
+
+
+def build_spec() -> dict:
+    """Build the OpenAPI 3 document for the JSON API."""
+    spec = APISpec(title="ServicePro Billing API", version="1.0.0", openapi_version="3.0.3",
+                   plugins=[MarshmallowPlugin()],
+                   info={"description": "Usage ingestion, entitlements and billing status. Errors always have "
+                                        "the shape {\"error\": {\"code\", \"message\", \"fields\"}}."})
+    spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme("session", {"type": "apiKey", "in": "cookie", "name": "session"})
+    spec.components.schema("Error", schema=ErrorSchema)
+    spec.components.schema("UsageBatch", schema=UsageBatchInSchema)
+    spec.components.schema("UsageIngestResult", schema=UsageIngestResultSchema)
+    spec.components.schema("Entitlements", schema=EntitlementsSchema)
+    spec.components.schema("BillingCustomer", schema=BillingCustomerSchema)
+
+    spec.path(path="/api/usage/events", operations={"post": {
+        "operationId": "recordUsageEvents",
+        "summary": "Record up to 1,000 usage events; idempotent by the client's event id.",
+        "security": [{"apiKey": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": "UsageBatch"}}},
+        "responses": {"201": {"description": "Stored", "content": {"application/json": {"schema": "UsageIngestResult"}}},
+                      "200": {"description": "All duplicates",
+                              "content": {"application/json": {"schema": "UsageIngestResult"}}},
+                      **_errors(400, 401, 415, 422, 429)},
+    }})
+    spec.path(path="/api/tenants/{tenant_id}/entitlements", operations={"get": {
+        "operationId": "getEntitlements",
+        "summary": "What the tenant may use right now.",
+        "security": [{"apiKey": []}, {"session": []}],
+        "parameters": [{"name": "tenant_id", "in": "path", "required": True,
+                        "schema": {"type": "integer", "minimum": 1}}],
+        "responses": {"200": {"description": "Entitlements",
+                              "content": {"application/json": {"schema": "Entitlements"}}},
+                      **_errors(401, 404)},
+    }})
+    spec.path(path="/api/admin/billing/customer", operations={"get": {
+        "operationId": "getBillingCustomer",
+        "summary": "Billing status of the caller's tenant (root admins pass tenant_id).",
+        "security": [{"session": []}],
+        "parameters": [{"in": "query", "schema": BillingCustomerQuerySchema}],
+        "responses": {"200": {"description": "Billing status",
+                              "content": {"application/json": {"schema": "BillingCustomer"}}},
+                      **_errors(401, 403, 404, 422)},
+    }})
+    return spec.to_dict()
+
+
+@bp.route("/api/openapi.json")
+@access(PUBLIC)
+def openapi_json():
+    spec = current_app.extensions.get("openapi_spec")
+    if spec is None:
+        spec = current_app.extensions["openapi_spec"] = build_spec()
+    return jsonify(spec)

@@ -1,0 +1,690 @@
+"""Read models for the billing pages: what the tenant billing page and the root system billing page show.
+
+The system page reads any page of any number of tenants with a constant number of statements:
+- `tenant_page`: ONE statement — an inner SELECT filters, sorts and pages the tenants (with `count(*) OVER ()`
+  for the total and, only when the sort or filter needs it, a GROUP BY over open invoices), and the outer SELECT
+  adds, for the page's rows only, the balance, oldest due date, last payment error and last invoice through
+  correlated subqueries on the (tenant_id, status) index;
+- `overview`: ONE statement — the aged open balance and the money collected this month (conditional sums over
+  invoices) UNION ALL the number of tenants per dunning stage.
+Both run on PostgreSQL and on SQLite (the development database).
+
+Force-run status is read from the RQ job with the deterministic id the monthly tick also uses, so a force-run
+and a scheduled run of the same tenant and month are one job.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from typing import Any, Mapping
+
+from sqlalchemy import String, and_, case, func, literal, or_, select, union_all
+
+from app.extensions import db
+from app.models import (AuditLog, BillingRun, DunningStage, Invoice, InvoiceStatus, Plan, PlanPrice, Tenant,
+                        utcnow)
+from app.services import clock, pricing
+from app.services.usage import month_usage
+
+# -- the system billing table: query parameters --------------------------------------------------------------
+
+SORTS: dict[str, str] = {  # query value → column label shown in the header
+    "name": "Tenant", "plan": "Plan", "balance": "Balance due", "oldest_due": "Oldest unpaid",
+    "overdue": "Overdue days", "stage": "Stage",
+}
+DEFAULT_SORT, DEFAULT_DIR = "overdue", "desc"
+FLAGS: dict[str, str] = {
+    "balance": "Has a balance due", "billing_error": "Billing error", "disputed": "Disputed",
+    "exempt": "Exempt (payment arrangement)",
+}
+PER_PAGE_CHOICES = (25, 50, 100)
+DEFAULT_PER_PAGE = 25
+STAGES = [s.value for s in DunningStage]
+_STAGE_RANK = {DunningStage.OK.value: 0, DunningStage.REMINDER.value: 1, DunningStage.SUSPENDED.value: 2,
+               DunningStage.RESTRICTED.value: 3}
+
+
+@dataclass(frozen=True)
+class TenantQuery:
+    """Search, filter, sort and page of the system billing table (all from GET query arguments)."""
+
+    q: str = ""
+    stage: str = ""
+    flag: str = ""
+    sort: str = DEFAULT_SORT
+    direction: str = DEFAULT_DIR
+    page: int = 1
+    per_page: int = DEFAULT_PER_PAGE
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str]) -> TenantQuery:
+        """Read the table's query arguments; anything unknown falls back to its default (never an error)."""
+        sort = args.get("sort", DEFAULT_SORT)
+        sort = sort if sort in SORTS else DEFAULT_SORT
+        direction = args.get("dir", "")
+        if direction not in ("asc", "desc"):
+            direction = DEFAULT_DIR if sort == DEFAULT_SORT else ("desc" if sort in ("balance", "overdue", "stage")
+                                                                  else "asc")
+        stage = args.get("stage", "")
+        flag = args.get("flag", "")
+        per_page = _int(args.get("per_page"), DEFAULT_PER_PAGE)
+        return cls(q=(args.get("q") or "").strip()[:100], stage=stage if stage in STAGES else "",
+                   flag=flag if flag in FLAGS else "", sort=sort, direction=direction,
+                   page=max(1, min(_int(args.get("page"), 1), 1_000_000)),
+                   per_page=per_page if per_page in PER_PAGE_CHOICES else DEFAULT_PER_PAGE)
+
+    def args(self, **changes: Any) -> dict[str, Any]:
+        """Query arguments for a link to this view with some changes (defaults left out of the URL)."""
+        merged = replace(self, **changes)
+        out: dict[str, Any] = {}
+        if merged.q:
+            out["q"] = merged.q
+        if merged.stage:
+            out["stage"] = merged.stage
+        if merged.flag:
+            out["flag"] = merged.flag
+        if (merged.sort, merged.direction) != (DEFAULT_SORT, DEFAULT_DIR):
+            out["sort"], out["dir"] = merged.sort, merged.direction
+        if merged.per_page != DEFAULT_PER_PAGE:
+            out["per_page"] = merged.per_page
+        if merged.page != 1:
+            out["page"] = merged.page
+        return out
+
+    def sort_args(self, column: str) -> dict[str, Any]:
+        """Arguments for a header link: sort by `column`, toggling direction when it is already the sort."""
+        if column == self.sort:
+            return self.args(direction="asc" if self.direction == "desc" else "desc", page=1)
+        first = "desc" if column in ("balance", "overdue", "stage") else "asc"
+        return self.args(sort=column, direction=first, page=1)
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+# -- the system billing table: rows ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LastInvoice:
+    id: int
+    number: str | None
+    status: str
+    amount_due: int
+    currency: str
+    period_start: date
+    paid_at: datetime | None
+
+
+@dataclass(frozen=True)
+class TenantRow:
+    id: int
+    name: str
+    status: str
+    plan_code: str
+    plan_name: str
+    currency: str
+    balance: int
+    oldest_due: date | None  # billing-zone date of the oldest open invoice's due date
+    overdue_days: int
+    stage: str
+    exempt_until: date | None
+    billing_error: str | None
+    disputed: bool
+    last_payment_error: str | None
+    last_invoice: LastInvoice | None
+
+
+@dataclass(frozen=True)
+class TenantPage:
+    query: TenantQuery
+    rows: list[TenantRow]
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.query.per_page))
+
+    @property
+    def first_index(self) -> int:
+        return (self.query.page - 1) * self.query.per_page + 1 if self.rows else 0
+
+    @property
+    def last_index(self) -> int:
+        return self.first_index + len(self.rows) - 1 if self.rows else 0
+
+
+def _open_aggregate():
+    i = Invoice.__table__
+    return (select(i.c.tenant_id, func.sum(i.c.amount_due - i.c.amount_paid).label("balance"),
+                   func.min(i.c.due_at).label("oldest_due"))
+            .where(i.c.status == InvoiceStatus.OPEN.value).group_by(i.c.tenant_id).subquery("oa"))
+
+
+def _rows_statement(query: TenantQuery, *, tenant_id: int | None = None, today: date | None = None):
+    """The one SELECT behind the table (or behind one tenant's row when tenant_id is given)."""
+    t, p, i = Tenant.__table__, Plan.__table__, Invoice.__table__
+    need_agg = query.sort in ("balance", "oldest_due") or query.flag == "balance"
+    oa = _open_aggregate() if need_agg else None
+
+    stage_rank = case(_STAGE_RANK, value=t.c.dunning_stage, else_=0)
+    sort_columns = {
+        "name": func.lower(t.c.name), "plan": p.c.monthly_fee, "overdue": t.c.overdue_days, "stage": stage_rank,
+        "balance": func.coalesce(oa.c.balance, 0) if oa is not None else None,
+        "oldest_due": oa.c.oldest_due if oa is not None else None,
+    }
+
+    def ordering(key, name_key, id_key):
+        primary = key.desc() if query.direction == "desc" else key.asc()
+        if query.sort == "oldest_due":
+            primary = primary.nulls_last()
+        return [primary, name_key, id_key]
+
+    source = t.join(p, p.c.code == t.c.plan) if query.sort == "plan" else t
+    if oa is not None:
+        source = source.outerjoin(oa, oa.c.tenant_id == t.c.id)
+    # Narrow rows (id and sort keys) are filtered, counted and paged; the outer SELECT then reads the page's
+    # ≤ per_page tenants in full and re-sorts them. (A row_number() window would force a full sort of every
+    # tenant; ORDER BY ... LIMIT lets the database keep only the top rows.)
+    inner = select(
+        t.c.id.label("tid"), sort_columns[query.sort].label("sort_key"), func.lower(t.c.name).label("name_key"),
+        func.count().over().label("total"),
+    ).select_from(source)
+    if tenant_id is not None:
+        inner = inner.where(t.c.id == tenant_id)
+    else:
+        if query.q:
+            escaped = query.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            inner = inner.where(t.c.name.ilike(f"%{escaped}%", escape="\\"))
+        if query.stage:
+            inner = inner.where(t.c.dunning_stage == query.stage)
+        if query.flag == "balance":
+            inner = inner.where(oa.c.balance > 0)
+        elif query.flag == "billing_error":
+            inner = inner.where(t.c.billing_error.is_not(None))
+        elif query.flag == "disputed":
+            inner = inner.where(t.c.disputed.is_(True))
+        elif query.flag == "exempt":
+            inner = inner.where(t.c.dunning_exempt_until >= (today or clock.today()))
+        inner = (inner.order_by(*ordering(sort_columns[query.sort], func.lower(t.c.name), t.c.id))
+                 .limit(query.per_page).offset((query.page - 1) * query.per_page))
+    k = inner.subquery("k")
+    pt, pp = t.alias("pt"), p.alias("pp")
+    pg = (select(k.c.tid.label("id"), k.c.sort_key, k.c.name_key, k.c.total, pt.c.name, pt.c.status, pt.c.plan,
+                 pp.c.name.label("plan_name"), pp.c.currency, pt.c.overdue_days, pt.c.dunning_stage,
+                 pt.c.dunning_exempt_until, pt.c.billing_error, pt.c.disputed)
+          .select_from(k.join(pt, pt.c.id == k.c.tid).join(pp, pp.c.code == pt.c.plan))
+          .subquery("pg"))
+
+    # Per-row details, evaluated for the page's rows only (≤ per_page index look-ups each).
+    is_open = and_(i.c.tenant_id == pg.c.id, i.c.status == InvoiceStatus.OPEN.value)
+    balance = select(func.coalesce(func.sum(i.c.amount_due - i.c.amount_paid), 0)).where(is_open) \
+        .scalar_subquery()
+    oldest = select(func.min(i.c.due_at)).where(is_open).scalar_subquery()
+    last_error = (select(i.c.last_payment_error).where(is_open, i.c.last_payment_error.is_not(None))
+                  .order_by(i.c.period_start.desc(), i.c.id.desc()).limit(1).scalar_subquery())
+    last_id = (select(i.c.id).where(i.c.tenant_id == pg.c.id, i.c.status != InvoiceStatus.DRAFT.value)
+               .order_by(i.c.period_start.desc(), i.c.id.desc()).limit(1).scalar_subquery())
+    li = i.alias("li")
+    return (select(pg, balance.label("balance"), oldest.label("oldest_due"), last_error.label("last_error"),
+                   li.c.id.label("li_id"), li.c.number.label("li_number"), li.c.status.label("li_status"),
+                   li.c.amount_due.label("li_amount"), li.c.currency.label("li_currency"),
+                   li.c.period_start.label("li_period"), li.c.paid_at.label("li_paid_at"))
+            .select_from(pg.outerjoin(li, li.c.id == last_id))
+            .order_by(*ordering(pg.c.sort_key, pg.c.name_key, pg.c.id)))
+
+
+def _row(r: Any) -> TenantRow:
+    last = None
+    if r.li_id is not None:
+        last = LastInvoice(id=r.li_id, number=r.li_number, status=r.li_status, amount_due=int(r.li_amount),
+                           currency=r.li_currency, period_start=r.li_period, paid_at=_aware(r.li_paid_at))
+    oldest = _aware(r.oldest_due)
+    return TenantRow(
+        id=r.id, name=r.name, status=r.status, plan_code=r.plan, plan_name=r.plan_name, currency=r.currency,
+        balance=max(0, int(r.balance or 0)), oldest_due=clock.local_day(oldest) if oldest else None,
+        overdue_days=r.overdue_days or 0, stage=r.dunning_stage, exempt_until=r.dunning_exempt_until,
+        billing_error=r.billing_error, disputed=bool(r.disputed), last_payment_error=r.last_error,
+        last_invoice=last)
+
+
+def _aware(value: Any) -> datetime | None:
+    # Scalar subqueries come back untyped: SQLite returns a string, PostgreSQL an aware datetime.
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        from datetime import timezone
+
+        value = value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def tenant_page(query: TenantQuery, *, now: datetime | None = None) -> TenantPage:
+    """One page of the system billing table: one statement (two only when the page is past the end)."""
+    today = clock.today(now)
+    rows = db.session.execute(_rows_statement(query, today=today)).all()
+    if rows:
+        total = int(rows[0].total)
+    elif query.page > 1:  # past the last page: count so the pager can lead back
+        total = _count(query, today)
+    else:
+        total = 0
+    return TenantPage(query=query, rows=[_row(r) for r in rows], total=total)
+
+
+def _count(query: TenantQuery, today: date) -> int:
+    stmt = _rows_statement(replace(query, page=1, per_page=1), today=today)
+    row = db.session.execute(stmt).first()
+    return int(row.total) if row else 0
+
+
+def tenant_row(tenant_id: int) -> TenantRow | None:
+    """One tenant's row of the system billing table (the same statement, narrowed to the tenant)."""
+    r = db.session.execute(_rows_statement(TenantQuery(), tenant_id=tenant_id)).first()
+    return _row(r) if r else None
+
+
+# -- the system billing overview: aged balance, collected this month, tenants per stage -----------------------
+
+BUCKETS = [("0–14 days", 0, 14), ("14–30 days", 14, 30), ("30–45 days", 30, 45), ("45+ days", 45, None)]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    label: str
+    amount: int
+    invoices: int
+    share: float  # of the currency's open balance, 0..100 (for the bar's width)
+
+
+@dataclass(frozen=True)
+class AgedBalance:
+    currency: str
+    buckets: list[Bucket]
+    open_total: int
+    collected_this_month: int
+
+
+@dataclass(frozen=True)
+class Overview:
+    aged: list[AgedBalance]
+    stage_counts: dict[str, int]
+    month_start: date
+
+    @property
+    def tenants(self) -> int:
+        return sum(self.stage_counts.values())
+
+
+def overview(*, now: datetime | None = None) -> Overview:
+    """Aged open balance (by days overdue), money collected this month and tenants per stage: one statement."""
+    now = now or utcnow()
+    today = clock.today(now)
+    tz = clock.billing_tz()
+    month_start, month_end = clock.month_bounds(today.year, today.month)
+    m0, m1 = clock.day_start_utc(month_start, tz), clock.day_start_utc(month_end + timedelta(days=1), tz)
+    i, t = Invoice.__table__, Tenant.__table__
+
+    def not_yet_overdue(days: int):
+        # overdue days < N ⟺ the billing-zone due date is after today − N ⟺ due at or after that day's end.
+        return i.c.due_at >= clock.day_start_utc(today - timedelta(days=days - 1), tz)
+
+    paid_this_month = and_(i.c.status == InvoiceStatus.PAID.value, i.c.paid_at >= m0, i.c.paid_at < m1)
+    # One CASE per invoice picks its bucket (-1: paid this month); the sums are then per (currency, bucket).
+    is_paid = i.c.status == InvoiceStatus.PAID.value
+    whens = [(is_paid, -1), (or_(i.c.due_at.is_(None), not_yet_overdue(BUCKETS[0][2])), 0)]
+    whens += [(not_yet_overdue(high), n) for n, (_label, _low, high) in enumerate(BUCKETS[1:-1], start=1)]
+    bucket = case(*whens, else_=len(BUCKETS) - 1)
+    amount = case((is_paid, i.c.amount_paid), else_=i.c.amount_due - i.c.amount_paid)
+    money = (select(literal("money", String).label("kind"), i.c.currency.label("key"), bucket.label("bucket"),
+                    func.sum(amount), func.count())
+             .where(or_(i.c.status == InvoiceStatus.OPEN.value, paid_this_month))
+             .group_by(i.c.currency, bucket))
+    stages = select(literal("stage", String), t.c.dunning_stage, literal(0), func.count(), literal(0)) \
+        .group_by(t.c.dunning_stage)
+    counts = {s: 0 for s in STAGES}
+    sums: dict[str, dict[int, tuple[int, int]]] = {}
+    for kind, key, bkt, total, number in db.session.execute(union_all(money, stages)).all():
+        if kind == "stage":
+            counts[key] = int(total or 0)
+        else:
+            sums.setdefault(key, {})[int(bkt)] = (int(total or 0), int(number or 0))
+    aged: list[AgedBalance] = []
+    for currency, by_bucket in sorted(sums.items()):
+        open_total = sum(v[0] for b, v in by_bucket.items() if b >= 0)
+        buckets = [Bucket(label, by_bucket.get(n, (0, 0))[0], by_bucket.get(n, (0, 0))[1],
+                          (100.0 * by_bucket.get(n, (0, 0))[0] / open_total) if open_total else 0.0)
+                   for n, (label, _lo, _hi) in enumerate(BUCKETS)]
+        aged.append(AgedBalance(currency=currency, buckets=buckets, open_total=open_total,
+                                collected_this_month=by_bucket.get(-1, (0, 0))[0]))
+    return Overview(aged=aged, stage_counts=counts, month_start=month_start)
+
+
+def latest_run() -> BillingRun | None:
+    """The most recent "run all tenants" (for its progress bar)."""
+    return db.session.scalar(select(BillingRun).order_by(BillingRun.id.desc()).limit(1))
+
+
+def failed_webhook_events(limit: int = 20) -> list[Any] | None:
+    """Failed Stripe webhook events for the replay list, or None while the webhook service is not installed."""
+    try:
+        from app.services import webhooks
+    except ImportError:
+        return None
+    fn = getattr(webhooks, "failed_events", None)
+    return None if fn is None else list(fn(limit))
+
+
+# -- periods and force-runs ------------------------------------------------------------------------------------
+
+def default_period(today: date | None = None) -> str:
+    """The month a force-run defaults to: the previous calendar month in the billing zone."""
+    year, month = clock.previous_month(today or clock.today())
+    return f"{year:04d}-{month:02d}"
+
+
+def period_choices(today: date | None = None, count: int = 12) -> list[str]:
+    """The last `count` complete months, newest first (the force-run select)."""
+    year, month = clock.previous_month(today or clock.today())
+    out = []
+    for _ in range(count):
+        out.append(f"{year:04d}-{month:02d}")
+        year, month = (year - 1, 12) if month == 1 else (year, month - 1)
+    return out
+
+
+def parse_period_input(text: str | None, today: date | None = None) -> str:
+    """Validate a YYYY-MM period a root admin asked to invoice; ValueError with a message people can read."""
+    text = (text or "").strip()
+    try:
+        year, month = clock.parse_period(text)
+    except ValueError:
+        raise ValueError("Enter the month as YYYY-MM, for example 2026-09.") from None
+    if len(text) != 7 or year < 2000:
+        raise ValueError("Enter the month as YYYY-MM, for example 2026-09.")
+    latest = default_period(today)
+    period = f"{year:04d}-{month:02d}"
+    if period > latest:
+        raise ValueError(f"{period} has not ended yet: the latest month you can invoice is {latest}.")
+    return period
+
+
+POLLING_STATES = ("queued", "started", "deferred", "scheduled")
+
+
+@dataclass(frozen=True)
+class ForceRun:
+    """What the force-run status component shows for one tenant and month."""
+
+    tenant_id: int
+    period: str
+    state: str  # idle (no job), queued, started, deferred, scheduled, finished, failed
+    message: str = ""
+    tone: str = "info"  # info, ok, bad — the badge colour
+
+    @property
+    def polling(self) -> bool:
+        return self.state in POLLING_STATES
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("finished", "failed")
+
+
+def force_run_job_id(tenant_id: int, period: str) -> str:
+    """The invoice job's id for a tenant and month (shared with the monthly tick: one job, never two)."""
+    return f"invoice-{tenant_id}-{period}"
+
+
+def enqueue_force_run(tenant_id: int, period: str) -> ForceRun:
+    """Queue the invoice job for a tenant and month, or return the one already queued or running."""
+    from app.jobs import enqueue_unique
+
+    job = enqueue_unique("billing", "app.jobs.invoice_tenant", tenant_id, period, "force_run",
+                         job_id=force_run_job_id(tenant_id, period))
+    return _from_job(tenant_id, period, job)
+
+
+def force_run_status(tenant_id: int, period: str) -> ForceRun:
+    """The state of a tenant's invoice job for a month, read from RQ (idle when there is none)."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    from app.extensions import rq
+
+    try:
+        job = Job.fetch(force_run_job_id(tenant_id, period), connection=rq.connection)
+    except NoSuchJobError:
+        return ForceRun(tenant_id, period, "idle")
+    return _from_job(tenant_id, period, job)
+
+
+def _from_job(tenant_id: int, period: str, job: Any) -> ForceRun:
+    status = job.get_status(refresh=True)
+    status = str(getattr(status, "value", status) or "queued")  # rq's JobStatus enum, or a plain string
+    if status in POLLING_STATES:
+        return ForceRun(tenant_id, period, status,
+                        "Running…" if status == "started" else "Queued, waiting for a worker…")
+    if status == "finished":
+        message, tone = describe_outcome(job.return_value())
+        return ForceRun(tenant_id, period, "finished", message, tone)
+    return ForceRun(tenant_id, period, "failed", f"The job {status}: see the worker log.", "bad")
+
+
+def describe_outcome(outcome: Any) -> tuple[str, str]:
+    """A sentence and a tone for an InvoiceOutcome (the invoice job's result)."""
+    if outcome is None:
+        return "Finished.", "info"
+    result = str(getattr(outcome, "result", ""))
+    payment = getattr(outcome, "payment", None)
+    status = getattr(outcome, "invoice_status", None)
+    reason = getattr(outcome, "reason", None)
+    if result == "failed":
+        return f"Invoicing failed: {reason or 'unknown error'}", "bad"
+    if payment == "succeeded" or (payment is None and status == InvoiceStatus.PAID.value and result == "invoiced"):
+        return "Invoiced and paid.", "ok"
+    if payment == "failed":
+        return f"Invoiced; payment failed: {reason or 'declined'}", "bad"
+    if payment == "action_required":
+        return f"Invoiced; the customer must authenticate the payment: {reason or ''}".rstrip(": "), "bad"
+    if payment == "error":
+        return f"Invoiced; the charge could not be made now and will be retried ({reason or 'Stripe error'}).", \
+            "bad"
+    if result == "skipped":
+        shown = f" (invoice {status})" if status else ""
+        return f"Nothing to do: {reason or 'already done'}{shown}.", "ok" if status == "paid" else "info"
+    return f"Invoiced{f' ({status})' if status else ''}.", "ok" if status == "paid" else "info"
+
+
+# -- the root's tenant page -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TenantDetail:
+    row: TenantRow
+    tenant: Tenant
+    invoices: list[Invoice]
+    audits: list[AuditLog]
+
+
+def tenant_detail(tenant_id: int, *, invoices: int = 24, audits: int = 20) -> TenantDetail | None:
+    """Everything the root's tenant billing page shows: the row, recent invoices and the audit trail."""
+    row = tenant_row(tenant_id)
+    if row is None:
+        return None
+    tenant = db.session.get(Tenant, tenant_id)
+    invs = list(db.session.scalars(select(Invoice).where(Invoice.tenant_id == tenant_id)
+                                   .order_by(Invoice.period_start.desc(), Invoice.id.desc()).limit(invoices)))
+    log = list(db.session.scalars(select(AuditLog).where(AuditLog.tenant_id == tenant_id)
+                                  .order_by(AuditLog.id.desc()).limit(audits)))
+    return TenantDetail(row=row, tenant=tenant, invoices=invs, audits=log)
+
+
+# -- the tenant billing page ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UsageEstimate:
+    month_start: date
+    month_end: date
+    through: date | None  # the last day whose usage is counted (rollups are built nightly up to yesterday)
+    lines: list[pricing.LineDraft]  # the invoice as it would be if the month ended with today's usage
+    so_far: int
+    projected: int | None  # the month's invoice at the current daily pace (None on the month's first day)
+    currency: str
+
+
+@dataclass
+class TenantBilling:
+    tenant: Tenant
+    plan: Plan
+    prices: list[PlanPrice]
+    balance_due: int
+    currency: str
+    next_invoice_date: date
+    invoices: list[Invoice]  # the last 6, plus any older invoice still open
+    usage: UsageEstimate
+    open_invoices: list[Invoice] = field(default_factory=list)
+
+
+def usage_estimate(tenant: Tenant, plan: Plan, prices: list[PlanPrice], *, now: datetime | None = None
+                   ) -> UsageEstimate:
+    """Usage so far this month priced as the next invoice would be (pricing.compute_lines), and a projection."""
+    today = clock.today(now)
+    first, last = clock.month_bounds(today.year, today.month)
+    used = month_usage(tenant.id, today.year, today.month)
+    lines = pricing.compute_lines(plan, prices, used, first, last)
+    elapsed = (today - first).days  # whole days counted so far (today's usage is not rolled up yet)
+    projected = None
+    if elapsed > 0:
+        days = (last - first).days + 1
+        pace = {metric: (qty * days + elapsed // 2) // elapsed for metric, qty in used.items()}
+        projected = pricing.total(pricing.compute_lines(plan, prices, pace, first, last))
+    return UsageEstimate(month_start=first, month_end=last, through=today - timedelta(days=1) if elapsed else None,
+                         lines=lines, so_far=pricing.total(lines), projected=projected, currency=plan.currency)
+
+
+def tenant_billing(tenant: Tenant, *, now: datetime | None = None) -> TenantBilling:
+    """Everything the tenant billing page shows (invoicing.billing_status plus usage and open invoices)."""
+    from app.services.invoicing import billing_status
+
+    now = now or utcnow()
+    status = billing_status(tenant, now=now, limit=6)
+    open_invoices = list(db.session.scalars(
+        select(Invoice).where(Invoice.tenant_id == tenant.id, Invoice.status == InvoiceStatus.OPEN)
+        .order_by(Invoice.period_start, Invoice.id)))
+    shown = {inv.id for inv in status.invoices}
+    invoices = status.invoices + [inv for inv in reversed(open_invoices) if inv.id not in shown]
+    prices = list(status.plan.prices)
+    return TenantBilling(tenant=tenant, plan=status.plan, prices=prices, balance_due=status.balance_due,
+                         currency=status.currency, next_invoice_date=status.next_invoice_date, invoices=invoices,
+                         usage=usage_estimate(tenant, status.plan, prices, now=now), open_invoices=open_invoices)
+
+
+def balance_due(tenant_id: int) -> int:
+    """What a tenant owes on its open invoices now."""
+    total = db.session.scalar(
+        select(func.coalesce(func.sum(Invoice.amount_due - Invoice.amount_paid), 0))
+        .where(Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN))
+    return max(0, int(total or 0))
+
+
+def can_pay_now(invoice: Invoice) -> bool:
+    """Whether the tenant can retry an invoice's charge from the billing page."""
+    return invoice.status == InvoiceStatus.OPEN and invoice.balance > 0 and bool(invoice.stripe_invoice_id)
+
+
+# -- the tenant's own actions (views stay free of Stripe and payment logic) -----------------------------------
+
+@dataclass(frozen=True)
+class PayResult:
+    """The outcome of a "Pay now" or a post-card-update retry, worded for the tenant."""
+
+    ok: bool
+    message: str
+    invoice: Invoice | None = None
+    hosted_url: str | None = None  # where to authenticate, when the bank asks for it
+
+
+def pay_now(invoice_id: int, *, now: datetime | None = None) -> PayResult:
+    """Retry the charge of one open invoice right now (trigger "pay_now"); never raises."""
+    from app.services.payments import SKIPPED, charge_invoice
+
+    try:
+        attempt = charge_invoice(invoice_id, trigger="pay_now", now=now)
+    except Exception:  # noqa: BLE001 - the page must answer even when Stripe or the database hiccups
+        db.session.rollback()
+        import logging
+
+        logging.getLogger(__name__).exception("pay now of invoice %s failed", invoice_id)
+        return PayResult(False, "We could not reach the payment provider. Nothing was charged; please try again "
+                                "in a few minutes.", db.session.get(Invoice, invoice_id))
+    db.session.expire_all()
+    invoice = db.session.get(Invoice, invoice_id)
+    status = attempt.status
+    if invoice is not None and invoice.status == InvoiceStatus.PAID:
+        return PayResult(True, "Paid — thank you." if status != SKIPPED else "This invoice is already paid.",
+                         invoice)
+    if status == "failed":
+        return PayResult(False, f"The payment was declined: {_sentence(attempt.error_message or 'card declined')} "
+                                "Update your payment method and try again.", invoice)
+    if status == "action_required":
+        return PayResult(False, "Your bank asks you to confirm this payment. Pay it on the secure invoice page.",
+                         invoice, invoice.hosted_invoice_url if invoice else None)
+    if status == "error":
+        return PayResult(False, "The payment provider could not take the payment just now; it will be retried "
+                                "automatically.", invoice)
+    if status == SKIPPED:
+        why = attempt.error_message or "nothing to charge"
+        return PayResult(False, f"Not charged: {why}.", invoice)
+    return PayResult(False, "The payment did not go through.", invoice)
+
+
+def retry_after_card_update(tenant_id: int, *, now: datetime | None = None) -> PayResult:
+    """Charge a tenant's open invoices at once after a card change; the result worded for the tenant."""
+    from app.services.payments import retry_open_invoices
+
+    try:
+        retry_open_invoices(tenant_id, trigger="card_updated", now=now)
+    except Exception:  # noqa: BLE001 - the new card is saved either way; the scheduled retries will follow
+        db.session.rollback()
+        import logging
+
+        logging.getLogger(__name__).exception("retrying tenant %s's open invoices failed", tenant_id)
+        return PayResult(False, "Your payment method was updated, but we could not reach the payment provider "
+                                "to charge your open invoices. They will be retried automatically.")
+    db.session.expire_all()
+    still_open = list(db.session.scalars(
+        select(Invoice).where(Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN)
+        .order_by(Invoice.period_start)))
+    if not still_open:
+        return PayResult(True, "Your payment method was updated and every open invoice is paid. Thank you!")
+    errors = [inv.last_payment_error for inv in still_open if inv.last_payment_error]
+    detail = f" ({errors[-1].strip().rstrip('.')})" if errors else ""
+    count = len(still_open)
+    return PayResult(False, f"Your payment method was updated, but {count} invoice{'s' if count > 1 else ''} "
+                            f"could not be charged{detail}. Try another card or pay on the invoice page.")
+
+
+def payment_portal_url(tenant_id: int, return_url: str) -> str:
+    """A fresh Stripe Customer Portal session (payment-method update) for a tenant; creates the customer if needed."""
+    from app import stripe_gateway
+    from app.services.customers import ensure_customer
+
+    return stripe_gateway.portal_session_url(ensure_customer(tenant_id), return_url)
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def format_unit_price(unit_price: Any, currency: str) -> str:
+    """A plan's unit price for people: "$0.015" for USD, "0.015 EUR" otherwise (sub-cent digits kept)."""
+    text = pricing.format_major(unit_price, currency)
+    amount, _, code = text.partition(" ")
+    return f"${amount}" if code.lower() == "usd" else text

@@ -1,0 +1,369 @@
+"""Charging invoices: one attempt row per Stripe charge, committed before the call, never a double charge.
+
+Two lines of defence against charging twice:
+1. a per-invoice work lock (`work_lock`): a PostgreSQL advisory lock on a dedicated connection (released by the
+   server if the worker dies), or a Redis lock on other databases; a second concurrent charge simply skips;
+2. Stripe idempotency: every pay call carries `pay-attempt-<attempt id>`, and before a new attempt we re-read
+   the invoice from Stripe, so one already paid (by a lost response, the hosted page or a webhook) is applied,
+   not charged again.
+
+`apply_stripe_invoice` is THE mapping of a Stripe invoice onto our row; webhooks and reconciliation use it too.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import create_engine, select, text, update
+from sqlalchemy.pool import NullPool
+
+from app import stripe_gateway as gateway
+from app.extensions import db
+from app.models import AttemptStatus, Invoice, InvoiceStatus, PaymentAttempt, Tenant, utcnow
+from app.stripe_gateway import GatewayError, Outcome
+
+log = logging.getLogger(__name__)
+
+#: Status of the unsaved PaymentAttempt returned when no charge was made (see charge_invoice).
+SKIPPED = "skipped"
+#: Rate limits, timeouts, Stripe 5xx: try again soon with a fresh attempt (after re-reading Stripe's status).
+RETRY_LATER_DELAY = timedelta(minutes=15)
+
+# Monotonic order of invoice states: a state never moves to a lower rank. Paid outranks void ("paid wins").
+_RANK = {InvoiceStatus.DRAFT: 0, InvoiceStatus.OPEN: 1, InvoiceStatus.UNCOLLECTIBLE: 2, InvoiceStatus.VOID: 3,
+         InvoiceStatus.PAID: 4}
+
+
+# -- the per-invoice work lock ---------------------------------------------------------------------------
+
+def _lock_key(name: str) -> int:
+    # A stable signed 64-bit key for pg advisory locks; it must never change between releases.
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _lock_engine():
+    app = current_app._get_current_object()
+    engine = app.extensions.get("billing_lock_engine")
+    if engine is None:
+        # NullPool: the lock's connection is really closed on release, so the server drops the lock with it.
+        engine = create_engine(db.engine.url, poolclass=NullPool)
+        app.extensions["billing_lock_engine"] = engine
+    return engine
+
+
+@contextmanager
+def work_lock(name: str, timeout: int = 900) -> Iterator[bool]:
+    """Hold the named billing work lock if it is free; yield whether we hold it (never waits)."""
+    if db.engine.dialect.name == "postgresql":
+        conn = _lock_engine().connect()
+        try:
+            got = bool(conn.scalar(text("select pg_try_advisory_lock(:k)"), {"k": _lock_key(name)}))
+            yield got
+        finally:
+            conn.close()  # ends the server session: the advisory lock goes with it
+        return
+    from redis.exceptions import LockError
+
+    from app.extensions import rq
+
+    lock = rq.connection.lock(f"servicepro:lock:{name}", timeout=timeout, blocking=False)
+    got = lock.acquire(blocking=False)
+    try:
+        yield got
+    finally:
+        if got:
+            try:
+                lock.release()
+            except LockError:
+                log.warning("billing lock %s expired before release", name)
+
+
+def invoice_lock_name(invoice_id: int) -> str:
+    return f"invoice-{invoice_id}"
+
+
+# -- mapping Stripe's invoice onto ours --------------------------------------------------------------------
+
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, dict) or hasattr(obj, "get"):
+        value = obj.get(name, default)
+    else:
+        value = getattr(obj, name, default)
+    return default if value is None else value
+
+
+def _ts(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(int(value), timezone.utc) if value else None
+
+
+def apply_stripe_invoice(invoice: Invoice, stripe_invoice: Any, *, now: datetime | None = None) -> bool:
+    """Apply a Stripe invoice object's state to our invoice row, monotonically; return True if anything changed.
+
+    The one mapping used by charging, webhooks and reconciliation. `stripe_invoice` is a Stripe object or a
+    plain dict (a webhook's data.object). States only move forward: draft → open → uncollectible → void, and
+    paid outranks them all ("paid wins"), so a stale or out-of-order object can never reopen a paid or void
+    invoice. On paid: amount_paid, paid_at (Stripe's paid_at, else now) and paid_out_of_band are set and the
+    retry schedule and last error are cleared. Does not commit and does not call dunning: the caller commits,
+    then calls dunning.reevaluate_tenant when the status changed.
+    """
+    now = now or utcnow()
+    changed = False
+
+    def put(attr: str, value: Any) -> None:
+        nonlocal changed
+        if getattr(invoice, attr) != value:
+            setattr(invoice, attr, value)
+            changed = True
+
+    stripe_id = _field(stripe_invoice, "id")
+    if stripe_id and invoice.stripe_invoice_id is None:
+        put("stripe_invoice_id", stripe_id)
+    hosted = _field(stripe_invoice, "hosted_invoice_url")
+    if hosted and invoice.hosted_invoice_url != hosted:
+        put("hosted_invoice_url", hosted)
+
+    try:
+        new = InvoiceStatus(_field(stripe_invoice, "status", ""))
+    except ValueError:
+        return changed
+    current = InvoiceStatus(invoice.status)
+    if _RANK[new] < _RANK[current] or (new == current and new != InvoiceStatus.PAID):
+        return changed
+    put("status", new.value)
+    if new == InvoiceStatus.PAID:
+        transitions = _field(stripe_invoice, "status_transitions", {}) or {}
+        put("amount_paid", int(_field(stripe_invoice, "amount_paid", invoice.amount_due)))
+        if invoice.paid_at is None:
+            put("paid_at", _ts(_field(transitions, "paid_at")) or now)
+        off_stripe = int(_field(stripe_invoice, "amount_paid_off_stripe", 0) or 0)
+        if off_stripe > 0 or _field(stripe_invoice, "paid_out_of_band", False):
+            put("paid_out_of_band", True)
+        put("next_payment_attempt_at", None)
+        put("last_payment_error", None)
+        put("last_payment_error_code", None)
+        put("hard_decline", False)
+    elif new in (InvoiceStatus.VOID, InvoiceStatus.UNCOLLECTIBLE):
+        put("next_payment_attempt_at", None)
+    return changed
+
+
+# -- the retry schedule ----------------------------------------------------------------------------------
+
+def next_retry_at(issued_at: datetime, now: datetime, retry_days: list[int], *, hard: bool = False
+                  ) -> datetime | None:
+    """Return the next scheduled retry after `now` (days after issue), or None for hard declines or past the last."""
+    if hard:
+        return None
+    for days in sorted(retry_days):
+        at = issued_at + timedelta(days=days)
+        if at > now:
+            return at
+    return None
+
+
+# -- charging --------------------------------------------------------------------------------------------
+
+def _skipped(invoice: Invoice, why: str, trigger: str) -> PaymentAttempt:
+    # Never added to the session: callers (and the charge job's result) just read .status and .error_message.
+    return PaymentAttempt(invoice_id=invoice.id, tenant_id=invoice.tenant_id, trigger=trigger, status=SKIPPED,
+                          idempotency_key="", error_message=why)
+
+
+def charge_invoice(invoice_id: int, trigger: str = "retry", *, now: datetime | None = None) -> PaymentAttempt:
+    """Charge an open invoice once; return the attempt, or an unsaved one with status "skipped" saying why not."""
+    invoice = db.session.get(Invoice, invoice_id)
+    if invoice is None:
+        raise LookupError(f"invoice {invoice_id} not found")
+    with work_lock(invoice_lock_name(invoice_id)) as got:
+        if not got:
+            return _skipped(invoice, "another charge of this invoice is in progress", trigger)
+        db.session.refresh(invoice)
+        return charge_locked(invoice, trigger=trigger, now=now)
+
+
+def charge_locked(invoice: Invoice, *, trigger: str, now: datetime | None = None) -> PaymentAttempt:
+    """Charge an invoice whose work lock the caller holds (see charge_invoice)."""
+    now = now or utcnow()
+    if invoice.status != InvoiceStatus.OPEN or invoice.balance <= 0:
+        return _skipped(invoice, f"invoice is {invoice.status}", trigger)
+    if not invoice.stripe_invoice_id:
+        return _skipped(invoice, "invoice is not in Stripe yet", trigger)
+    try:
+        current = gateway.retrieve_invoice(invoice.stripe_invoice_id)
+    except GatewayError as err:
+        if err.outcome == Outcome.RETRY_LATER:
+            invoice.next_payment_attempt_at = now + RETRY_LATER_DELAY
+            db.session.commit()
+        else:  # Stripe does not know the invoice we recorded: a person must look, retrying will not help
+            invoice.next_payment_attempt_at = None
+            flag_billing_error(invoice.tenant_id, f"reading invoice {invoice.number or invoice.id} from Stripe: "
+                                                  f"{err.message}", now)
+        return _skipped(invoice, f"could not read the invoice from Stripe: {err.message}", trigger)
+    if apply_stripe_invoice(invoice, current, now=now):
+        db.session.commit()
+    if invoice.status != InvoiceStatus.OPEN:
+        _close_interrupted_attempts(invoice, now)
+        _reevaluate(invoice.tenant_id, now)
+        return _skipped(invoice, f"Stripe already has the invoice {invoice.status}", trigger)
+
+    # Each kind of email goes out once per invoice: on its first decline, on its first authentication request.
+    earlier = set(db.session.scalars(select(PaymentAttempt.status).distinct().where(
+        PaymentAttempt.invoice_id == invoice.id)))
+    attempt = PaymentAttempt(invoice_id=invoice.id, tenant_id=invoice.tenant_id, trigger=trigger,
+                             status=AttemptStatus.PENDING, idempotency_key=f"pending-{uuid.uuid4().hex}",
+                             created_at=now)
+    db.session.add(attempt)
+    db.session.flush()
+    # The key comes from the attempt's own id, and the row is committed BEFORE Stripe is called: a crash after
+    # the call leaves a pending attempt whose key replays the same charge instead of making a new one.
+    attempt.idempotency_key = f"pay-attempt-{attempt.id}"
+    db.session.commit()
+
+    try:
+        paid = gateway.pay_invoice(invoice.stripe_invoice_id, attempt.idempotency_key)
+    except GatewayError as err:
+        return _record_failure(invoice, attempt, err, now, earlier)
+    attempt.status = AttemptStatus.SUCCEEDED
+    attempt.finished_at = now
+    apply_stripe_invoice(invoice, paid, now=now)
+    db.session.commit()
+    _reevaluate(invoice.tenant_id, now)
+    return attempt
+
+
+def _close_interrupted_attempts(invoice: Invoice, now: datetime) -> None:
+    # A pending attempt means a run died between calling Stripe and recording the answer; Stripe's invoice
+    # state (already applied) is the truth now, so the attempt is closed as interrupted rather than left pending.
+    db.session.execute(
+        update(PaymentAttempt)
+        .where(PaymentAttempt.invoice_id == invoice.id, PaymentAttempt.status == AttemptStatus.PENDING)
+        .values(status=AttemptStatus.ERROR, finished_at=now, error_code="interrupted",
+                error_message=f"interrupted before its outcome was recorded; Stripe reports the invoice "
+                              f"{invoice.status}"))
+    db.session.commit()
+
+
+def _record_failure(invoice: Invoice, attempt: PaymentAttempt, err: GatewayError, now: datetime,
+                    earlier: set[str]) -> PaymentAttempt:
+    attempt.error_code = err.code
+    attempt.decline_code = err.decline_code
+    attempt.error_message = err.message
+    attempt.finished_at = now
+    issued = invoice.issued_at or now
+    retry_days = current_app.config.get("PAYMENT_RETRY_DAYS", [3, 7, 12])
+
+    if err.outcome == Outcome.PAYMENT_FAILED:
+        attempt.status = AttemptStatus.FAILED
+        invoice.last_payment_error = err.message
+        invoice.last_payment_error_code = err.decline_code or err.code
+        invoice.hard_decline = err.hard_decline
+        invoice.next_payment_attempt_at = next_retry_at(issued, now, retry_days, hard=err.hard_decline)
+        db.session.commit()
+        if AttemptStatus.FAILED not in earlier:
+            _notify("notify_payment_failed", invoice, now)
+    elif err.outcome == Outcome.ACTION_REQUIRED:
+        attempt.status = AttemptStatus.ACTION_REQUIRED
+        invoice.last_payment_error = err.message
+        invoice.last_payment_error_code = err.code or "authentication_required"
+        # Off-session retries cannot authenticate; the customer pays on the hosted page (or changes card).
+        invoice.next_payment_attempt_at = None
+        db.session.commit()
+        if AttemptStatus.ACTION_REQUIRED not in earlier:
+            _notify("notify_action_required", invoice, now)
+    elif err.outcome == Outcome.RETRY_LATER:
+        attempt.status = AttemptStatus.ERROR
+        invoice.next_payment_attempt_at = now + RETRY_LATER_DELAY
+        db.session.commit()
+    else:
+        attempt.status = AttemptStatus.ERROR
+        db.session.commit()
+        # Stripe refuses to pay an invoice that got paid or voided meanwhile: that is not a bug.
+        try:
+            current = gateway.retrieve_invoice(invoice.stripe_invoice_id)
+        except GatewayError:
+            current = None
+        if current is not None and apply_stripe_invoice(invoice, current, now=now) \
+                and invoice.status != InvoiceStatus.OPEN:
+            db.session.commit()
+            _reevaluate(invoice.tenant_id, now)
+            return attempt
+        invoice.next_payment_attempt_at = None
+        flag_billing_error(invoice.tenant_id, f"charging invoice {invoice.number or invoice.id}: {err.message}",
+                           now)
+    return attempt
+
+
+def _notify(name: str, invoice: Invoice, now: datetime) -> None:
+    from app.services import notifications
+
+    try:
+        getattr(notifications, name)(invoice, now=now)
+    except Exception:  # noqa: BLE001 - a mail problem must never undo a recorded charge outcome
+        db.session.rollback()
+        log.exception("%s failed for invoice %s", name, invoice.id)
+
+
+def _reevaluate(tenant_id: int, now: datetime) -> None:
+    from app.services import dunning
+
+    try:
+        dunning.reevaluate_tenant(tenant_id, now=now)
+    except Exception:  # noqa: BLE001 - the nightly dunning pass re-derives it anyway
+        db.session.rollback()
+        log.exception("dunning re-evaluation failed for tenant %s", tenant_id)
+
+
+def flag_billing_error(tenant_id: int, message: str, now: datetime) -> None:
+    """Record a billing failure on the tenant (shown on the root page) and commit."""
+    db.session.execute(update(Tenant).where(Tenant.id == tenant_id)
+                       .values(billing_error=message[:2000], billing_error_at=now))
+    db.session.commit()
+
+
+def clear_billing_error(tenant_id: int) -> None:
+    """Clear the tenant's billing error after a successful run and commit."""
+    db.session.execute(update(Tenant).where(Tenant.id == tenant_id, Tenant.billing_error.is_not(None))
+                       .values(billing_error=None, billing_error_at=None))
+    db.session.commit()
+
+
+# -- retries ---------------------------------------------------------------------------------------------
+
+def _charge_each(invoice_ids: list[int], trigger: str, now: datetime | None) -> int:
+    made = 0
+    for invoice_id in invoice_ids:
+        try:
+            attempt = charge_invoice(invoice_id, trigger=trigger, now=now)
+        except Exception:  # noqa: BLE001 - one invoice's failure never stops the others
+            db.session.rollback()
+            log.exception("charging invoice %s failed", invoice_id)
+            continue
+        made += attempt.status != SKIPPED
+    return made
+
+
+def retry_due_payments(now: datetime | None = None) -> int:
+    """Charge every open invoice whose next attempt is due (hard declines excluded); return attempts made."""
+    now = now or utcnow()
+    ids = list(db.session.scalars(
+        select(Invoice.id).where(Invoice.status == InvoiceStatus.OPEN, Invoice.next_payment_attempt_at <= now,
+                                 Invoice.hard_decline.is_(False), Invoice.stripe_invoice_id.is_not(None))
+        .order_by(Invoice.next_payment_attempt_at, Invoice.id)))
+    return _charge_each(ids, "retry", now)
+
+
+def retry_open_invoices(tenant_id: int, trigger: str = "card_updated", *, now: datetime | None = None) -> int:
+    """Charge all of a tenant's open invoices now, oldest first (after a card change); return attempts made."""
+    ids = list(db.session.scalars(
+        select(Invoice.id).where(Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN,
+                                 Invoice.stripe_invoice_id.is_not(None))
+        .order_by(Invoice.period_start, Invoice.id)))
+    return _charge_each(ids, trigger, now)

@@ -1,0 +1,69 @@
+"""The sweeper: find rows stuck mid-state (their job lost to a crash or a Redis restart) and re-drive them.
+
+Everything it enqueues is idempotent by business key, so a doubled or late sweep is harmless.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import and_, exists, or_, select
+
+from app.extensions import db
+from app.models import AttemptStatus, Invoice, InvoiceStatus, OutboxEmail, PaymentAttempt, WebhookEvent, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepResult:
+    charges: int = 0
+    webhooks: int = 0
+    retries_queued: bool = False
+    mail_queued: bool = False
+
+
+def sweep_stuck(now: datetime | None = None) -> SweepResult:
+    """Re-enqueue work whose job vanished: uncharged or half-charged invoices, pending webhooks, queued mail."""
+    from app.jobs import enqueue_unique
+
+    now = now or utcnow()
+    stale = now - timedelta(seconds=current_app.config.get("SWEEPER_STALE_SECONDS", 120))
+    result = SweepResult()
+
+    # Open invoices never charged, or whose last attempt died pending (the charge re-checks Stripe first).
+    never_charged = ~exists().where(PaymentAttempt.invoice_id == Invoice.id)
+    died_pending = exists().where(and_(PaymentAttempt.invoice_id == Invoice.id,
+                                       PaymentAttempt.status == AttemptStatus.PENDING,
+                                       PaymentAttempt.created_at < stale))
+    stuck = db.session.scalars(
+        select(Invoice.id).where(Invoice.status == InvoiceStatus.OPEN, Invoice.stripe_invoice_id.is_not(None),
+                                 Invoice.issued_at < stale, Invoice.hard_decline.is_(False),
+                                 or_(never_charged, died_pending)).order_by(Invoice.id).limit(1000)).all()
+    for invoice_id in stuck:
+        enqueue_unique("billing", "app.jobs.charge_invoice", invoice_id, "sweeper", job_id=f"charge-{invoice_id}")
+    result.charges = len(stuck)
+
+    due_retry = db.session.scalar(select(exists().where(
+        Invoice.status == InvoiceStatus.OPEN, Invoice.next_payment_attempt_at <= now,
+        Invoice.hard_decline.is_(False))))
+    if due_retry:
+        enqueue_unique("billing", "app.jobs.retry_due_payments", job_id="payment-retries-sweep")
+        result.retries_queued = True
+
+    events = db.session.scalars(
+        select(WebhookEvent.id).where(WebhookEvent.status == "pending", WebhookEvent.received_at < stale)
+        .order_by(WebhookEvent.id).limit(1000)).all()
+    for event_id in events:
+        enqueue_unique("webhooks", "app.jobs.process_webhook_event", event_id, job_id=f"webhook-{event_id}")
+    result.webhooks = len(events)
+
+    if db.session.scalar(select(exists().where(OutboxEmail.status == "pending"))):
+        enqueue_unique("mail", "app.jobs.flush_outbox", job_id="outbox-flush-sweep")
+        result.mail_queued = True
+    db.session.rollback()
+    if result.charges or result.webhooks:
+        log.warning("sweeper re-drove %s charges and %s webhook events", result.charges, result.webhooks)
+    return result

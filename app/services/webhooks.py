@@ -1,0 +1,576 @@
+"""Stripe webhooks: verify, store once, enqueue, answer — then process every event exactly once, in any order.
+
+Receiving (`receive`, called by the view): the signature is checked on the raw body, the event is stored with
+INSERT ... ON CONFLICT DO NOTHING on its unique Stripe id — two concurrent deliveries of one event store one row —
+and only a newly stored row is queued (job `webhook-<row id>`). Nothing is decided at receipt, so it stays fast.
+
+Processing (`process_event`, on the webhooks queue): a row is claimed by moving it pending/failed → processing in
+one guarded UPDATE, so concurrent workers process it once. Handlers never trust the state in the payload: they
+re-read the object from Stripe and apply it with payments.apply_stripe_invoice, whose transitions only move
+forward, so an old `invoice.payment_failed` arriving after `invoice.paid` cannot reopen a paid invoice and any
+delivery order ends in Stripe's current state. An exception marks the row failed (attempts, last_error);
+`retry_failed` re-queues it with exponential back-off and leaves it to a person after MAX_ATTEMPTS;
+`replay_event` is the root admin's button.
+
+Row lifecycle: pending → processing → processed | ignored | failed. `attempts` counts claims; `processed_at` is
+when the last attempt started or ended (for a failed row: when it failed, the start of its back-off). A note on
+a processed or ignored row (e.g. "no invoice here for in_…") is kept in `last_error`.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from enum import StrEnum
+from typing import Any
+
+from flask import current_app
+from redis.exceptions import RedisError
+from sqlalchemy import bindparam, exists, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from app import stripe_gateway as gateway
+from app.extensions import db, rq
+from app.models import AuditLog, Invoice, InvoiceStatus, PaymentAttempt, Tenant, WebhookEvent, utcnow
+from app.services import payments
+
+log = logging.getLogger(__name__)
+
+QUEUE = "webhooks"
+JOB = "app.jobs.process_webhook_event"
+#: Claims of one event before it is left failed for a person (replay still works).
+MAX_ATTEMPTS = 8
+BACKOFF_BASE = timedelta(minutes=1)
+BACKOFF_CAP = timedelta(hours=6)
+#: A row left `processing` this long was interrupted (worker killed); jobs time out after 10 minutes.
+STALE_PROCESSING = timedelta(minutes=30)
+#: A row still `pending` this long lost its job (Redis was down at receipt, or the job was lost).
+STALE_PENDING = timedelta(minutes=5)
+#: Events looked at per retry sweep (it runs every 5 minutes).
+RETRY_BATCH = 1000
+#: The two events of one card change (payment_method.attached, customer.updated) retry the invoices once.
+CARD_RETRY_TTL_S = 600
+
+
+class EventStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    PROCESSED = "processed"
+    IGNORED = "ignored"
+    FAILED = "failed"
+
+
+class InvalidEvent(ValueError):
+    """A delivery that is not a genuine, well-formed Stripe event: answered 400, nothing stored."""
+
+    def __init__(self, message: str, code: str = "invalid_signature"):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Received:
+    stripe_event_id: str
+    type: str
+    row_id: int | None  # None for a duplicate delivery
+    queued: bool
+
+    @property
+    def duplicate(self) -> bool:
+        return self.row_id is None
+
+
+# -- receiving -------------------------------------------------------------------------------------------
+
+def receive(payload: bytes, signature: str | None, *, now: datetime | None = None) -> Received:
+    """Verify a delivery on its raw body, store it once and queue its processing; InvalidEvent if not genuine."""
+    secret = current_app.config.get("STRIPE_WEBHOOK_SECRET")
+    if not secret:
+        raise RuntimeError("STRIPE_WEBHOOK_SECRET is not configured: webhooks cannot be verified")
+    try:
+        event = gateway.verify_event(payload, signature, secret)
+    except ValueError as err:
+        message = str(err)
+        raise InvalidEvent(message, "malformed_event" if message.startswith("malformed") else
+                           "invalid_signature") from err
+    fields = event_fields(event)
+    row_id = store_event(fields, now=now)
+    queued = enqueue(row_id) if row_id is not None else False
+    return Received(fields["stripe_event_id"], fields["type"], row_id, queued)
+
+
+def event_fields(event: Any) -> dict[str, Any]:
+    """The columns of a verified event (id, type, object id, customer); InvalidEvent when it is not one."""
+    if not isinstance(event, dict):
+        raise InvalidEvent("malformed body: the event is not a JSON object", "malformed_event")
+    event_id, event_type, data = event.get("id"), event.get("type"), event.get("data")
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= 64:
+        raise InvalidEvent("malformed body: the event has no valid id", "malformed_event")
+    if not isinstance(event_type, str) or not 0 < len(event_type) <= 80:
+        raise InvalidEvent("malformed body: the event has no valid type", "malformed_event")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        raise InvalidEvent("malformed body: the event has no data.object", "malformed_event")
+    object_id = obj.get("id") if isinstance(obj.get("id"), str) else None
+    return {"stripe_event_id": event_id, "type": event_type, "object_id": object_id[:64] if object_id else None,
+            "customer": _customer_of(obj), "payload": event}
+
+
+def _customer_of(obj: dict) -> str | None:
+    if obj.get("object") == "customer":
+        ref = obj.get("id")
+    else:
+        ref = obj.get("customer")
+    if isinstance(ref, dict):
+        ref = ref.get("id")
+    return ref if isinstance(ref, str) and ref else None
+
+
+_STORE: dict[str, Any] = {}
+
+
+def _store_statement():
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, built once per dialect (half the CPU of building it per call)."""
+    dialect = db.engine.dialect.name
+    stmt = _STORE.get(dialect)
+    if stmt is None:
+        events, tenants = WebhookEvent.__table__, Tenant.__table__
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = (insert(events)
+                .values(stripe_event_id=bindparam("stripe_event_id"), type=bindparam("type"),
+                        object_id=bindparam("object_id"),
+                        # Resolved in the same statement (one round trip); an unknown customer leaves it NULL.
+                        tenant_id=select(tenants.c.id).where(tenants.c.stripe_customer_id == bindparam("customer"))
+                        .scalar_subquery(),
+                        payload=bindparam("payload", type_=events.c.payload.type),
+                        status=EventStatus.PENDING.value, attempts=0,
+                        received_at=bindparam("received_at", type_=events.c.received_at.type))
+                .on_conflict_do_nothing(index_elements=["stripe_event_id"])
+                .returning(events.c.id))
+        _STORE[dialect] = stmt
+    return stmt
+
+
+def store_event(fields: dict[str, Any], *, now: datetime | None = None) -> int | None:
+    """Store an event once by its Stripe id; return the new row's id, or None when it was stored before."""
+    params = {"stripe_event_id": fields["stripe_event_id"], "type": fields["type"], "object_id": fields["object_id"],
+              "customer": fields.get("customer"), "payload": fields["payload"], "received_at": now or utcnow()}
+    # One autocommitted statement on a plain connection: no BEGIN/COMMIT round trips, no ORM session. The
+    # conflict clause waits for a concurrent insert of the same id to commit, then answers "no row".
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        return conn.execute(_store_statement(), params).scalar_one_or_none()
+
+
+def enqueue(row_id: int) -> bool:
+    """Queue an event's processing; False (logged) when Redis is unavailable — retry_failed queues it later."""
+    try:
+        pipe = rq.connection.pipeline()
+        rq.queue(QUEUE).enqueue(JOB, row_id, job_id=f"webhook-{row_id}", result_ttl=3600, failure_ttl=7 * 86400,
+                                job_timeout=600, pipeline=pipe)
+        pipe.execute()  # the job and its queue entry in one round trip
+    except RedisError:
+        log.exception("could not queue webhook event %s; the retry sweep will", row_id)
+        return False
+    return True
+
+
+# -- processing ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Incoming:
+    """What a handler gets: the stored event's facts, never an ORM row (handlers commit)."""
+
+    row_id: int
+    stripe_event_id: str
+    type: str
+    obj: dict
+    previous: dict
+    created: datetime | None
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Result:
+    status: EventStatus
+    note: str | None = None
+    tenant_id: int | None = None
+
+
+def _processed(note: str | None = None, tenant_id: int | None = None) -> Result:
+    return Result(EventStatus.PROCESSED, note, tenant_id)
+
+
+def _ignored(note: str, tenant_id: int | None = None) -> Result:
+    return Result(EventStatus.IGNORED, note, tenant_id)
+
+
+def process_event(event_row_id: int, *, now: datetime | None = None) -> str:
+    """Process one stored event once (claimed against concurrent workers); return the row's resulting status."""
+    now = now or utcnow()
+    if not _claim(event_row_id, now):
+        status = db.session.scalar(select(WebhookEvent.status).where(WebhookEvent.id == event_row_id))
+        db.session.rollback()
+        return status or "missing"
+    row = db.session.get(WebhookEvent, event_row_id)
+    incoming = _incoming(row, now)
+    db.session.rollback()  # end the read; handlers run their own transactions
+    handler = HANDLERS.get(incoming.type)
+    try:
+        if handler is None:
+            result = _ignored(f"event type {incoming.type} is not handled")
+        else:
+            result = handler(incoming)
+    except Exception as err:  # noqa: BLE001 - any failure is recorded on the row and retried with back-off
+        db.session.rollback()
+        log.warning("webhook event %s (%s) failed: %s", incoming.stripe_event_id, incoming.type, err,
+                    exc_info=not isinstance(err, gateway.GatewayError))
+        return _mark_failed(event_row_id, err, now)
+    return _finish(event_row_id, result, now)
+
+
+def _claim(row_id: int, now: datetime) -> bool:
+    # The status guard is the lock: of two workers, the second's UPDATE matches no row once the first committed.
+    t = WebhookEvent.__table__
+    claimed = db.session.execute(
+        update(t).where(t.c.id == row_id, t.c.status.in_((EventStatus.PENDING, EventStatus.FAILED)))
+        .values(status=EventStatus.PROCESSING.value, attempts=t.c.attempts + 1, processed_at=now)
+        .returning(t.c.id)).first()
+    db.session.commit()
+    return claimed is not None
+
+
+def _incoming(row: WebhookEvent, now: datetime) -> Incoming:
+    payload = row.payload or {}
+    data = payload.get("data") or {}
+    created = payload.get("created")
+    return Incoming(row_id=row.id, stripe_event_id=row.stripe_event_id, type=row.type,
+                    obj=data.get("object") or {}, previous=data.get("previous_attributes") or {},
+                    created=datetime.fromtimestamp(int(created), timezone.utc) if created else None, now=now)
+
+
+def _finish(row_id: int, result: Result, now: datetime) -> str:
+    t = WebhookEvent.__table__
+    values: dict[str, Any] = {"status": result.status.value, "last_error": result.note, "processed_at": now}
+    if result.tenant_id is not None:
+        values["tenant_id"] = result.tenant_id
+    db.session.execute(update(t).where(t.c.id == row_id).values(**values))
+    db.session.commit()
+    return result.status.value
+
+
+def _mark_failed(row_id: int, err: Exception, now: datetime) -> str:
+    t = WebhookEvent.__table__
+    message = f"{type(err).__name__}: {err}"[:2000]
+    db.session.execute(update(t).where(t.c.id == row_id)
+                       .values(status=EventStatus.FAILED.value, last_error=message, processed_at=now))
+    db.session.commit()
+    return EventStatus.FAILED.value
+
+
+# -- handlers: invoices ----------------------------------------------------------------------------------
+
+def _find_invoice(obj: dict, *, lock: bool) -> Invoice | None:
+    """Our invoice for a Stripe invoice object: by its Stripe id, else by our metadata (same customer only)."""
+    stripe_id = obj.get("id")
+    if not isinstance(stripe_id, str):
+        return None
+    stmt = select(Invoice).where(Invoice.stripe_invoice_id == stripe_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    invoice = db.session.scalar(stmt.execution_options(populate_existing=True))
+    if invoice is not None:
+        return invoice
+    ours = str((obj.get("metadata") or {}).get("invoice_id") or "")
+    if not ours.isdigit():
+        return None
+    stmt = select(Invoice).where(Invoice.id == int(ours), Invoice.stripe_invoice_id.is_(None))
+    if lock:
+        stmt = stmt.with_for_update()
+    invoice = db.session.scalar(stmt.execution_options(populate_existing=True))
+    if invoice is None:
+        return None
+    # Metadata ids repeat across environments sharing a Stripe account: the customer must be this tenant's too.
+    customer = db.session.scalar(select(Tenant.stripe_customer_id).where(Tenant.id == invoice.tenant_id))
+    return invoice if customer and customer == _customer_of(obj) else None
+
+
+def _resume_invoicing(invoice: Invoice) -> None:
+    """Queue the invoice's own (resumable, idempotent) job: it records finalization, number and due date."""
+    from app.jobs import enqueue_unique
+
+    period = f"{invoice.period_start:%Y-%m}"
+    enqueue_unique("billing", "app.jobs.invoice_tenant", invoice.tenant_id, period, "scheduled",
+                   job_id=f"invoice-{invoice.tenant_id}-{period}")
+
+
+def _reevaluate(tenant_id: int, now: datetime) -> None:
+    from app.services import dunning
+
+    dunning.reevaluate_tenant(tenant_id, now=now)
+
+
+def _invoice_event(ev: Incoming) -> Result:
+    """Any invoice event: re-read the invoice from Stripe and apply its current state (then the type's extras)."""
+    stripe_id = ev.obj.get("id")
+    invoice = _find_invoice(ev.obj, lock=True)
+    if invoice is None:
+        db.session.rollback()
+        return _ignored(f"no invoice here for Stripe invoice {stripe_id}")
+    tenant_id = invoice.tenant_id
+    if invoice.status == InvoiceStatus.DRAFT:
+        # Draft → open belongs to invoicing (it numbers the invoice and sets issue and due dates): hand it over.
+        db.session.rollback()
+        _resume_invoicing(invoice)
+        return _processed("still a draft here: handed to the invoicing job", tenant_id)
+    current = gateway.retrieve_invoice(invoice.stripe_invoice_id or stripe_id)
+    before = invoice.status
+    payments.apply_stripe_invoice(invoice, current, now=ev.now)
+    extra = EXTRAS.get(ev.type)
+    note = extra(ev, invoice, current) if extra else None
+    db.session.commit()
+    if invoice.status != before or invoice.status != InvoiceStatus.OPEN:
+        _reevaluate(tenant_id, ev.now)
+    return _processed(note, tenant_id)
+
+
+def _payment_failed(ev: Incoming, invoice: Invoice, current: Any) -> str | None:
+    if invoice.status != InvoiceStatus.OPEN:
+        return f"stale: Stripe has the invoice {invoice.status}"
+    if not invoice.last_payment_error:  # our own charge's decline message is more precise: keep it
+        attempts = _get(current, "attempt_count") or 0
+        invoice.last_payment_error = f"Stripe could not collect the payment (attempt {attempts})."
+        invoice.last_payment_error_code = invoice.last_payment_error_code or "payment_failed"
+    db.session.commit()
+    if invoice.last_payment_error_code == "authentication_required":
+        return "authentication required: the hosted-invoice email covers it"
+    _notify("notify_payment_failed", invoice, ev.now)
+    return None
+
+
+def _action_required(ev: Incoming, invoice: Invoice, current: Any) -> str | None:
+    if invoice.status != InvoiceStatus.OPEN:
+        return f"stale: Stripe has the invoice {invoice.status}"
+    if not invoice.last_payment_error:
+        invoice.last_payment_error = "The bank asks the cardholder to authenticate this payment."
+    invoice.last_payment_error_code = "authentication_required"
+    # Off-session retries cannot authenticate: the customer pays on the hosted page (or changes card).
+    invoice.next_payment_attempt_at = None
+    db.session.commit()
+    _notify("notify_action_required", invoice, ev.now)
+    return None
+
+
+def _notify(name: str, invoice: Invoice, now: datetime) -> None:
+    # The outbox's dedupe key (one email per invoice and kind) makes a repeated or replayed event send nothing.
+    from app.services import notifications
+
+    getattr(notifications, name)(invoice, now=now)
+
+
+def _get(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) or hasattr(obj, "get") else getattr(obj, name, None)
+
+
+EXTRAS: dict[str, Callable[[Incoming, Invoice, Any], str | None]] = {
+    "invoice.payment_failed": _payment_failed,
+    "invoice.payment_action_required": _action_required,
+}
+
+
+# -- handlers: a new default card ------------------------------------------------------------------------
+
+def _tenant_for_customer(customer_id: str | None) -> Tenant | None:
+    if not customer_id:
+        return None
+    return db.session.scalar(select(Tenant).where(Tenant.stripe_customer_id == customer_id))
+
+
+def _customer_updated(ev: Incoming) -> Result:
+    """customer.updated: only a change of the default payment method matters (then retry open invoices)."""
+    before = (ev.previous.get("invoice_settings") or {}) if isinstance(ev.previous, dict) else {}
+    after = ev.obj.get("invoice_settings") or {}
+    if "default_payment_method" not in before:
+        return _processed("the default payment method did not change")
+    new_pm = _ref(after.get("default_payment_method"))
+    if new_pm is None or new_pm == _ref(before.get("default_payment_method")):
+        return _processed("no new default payment method")
+    return _card_changed(ev, ev.obj.get("id"), new_pm)
+
+
+def _payment_method_attached(ev: Incoming) -> Result:
+    """payment_method.attached: retry open invoices if the card is (now) the customer's default."""
+    return _card_changed(ev, _customer_of(ev.obj), ev.obj.get("id"))
+
+
+def _ref(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def _card_changed(ev: Incoming, customer_id: str | None, pm_id: str | None) -> Result:
+    tenant = _tenant_for_customer(customer_id)
+    if tenant is None:
+        db.session.rollback()
+        return _ignored(f"no tenant here for Stripe customer {customer_id}")
+    tenant_id = tenant.id
+    open_ids = list(db.session.scalars(select(Invoice.id).where(
+        Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN, Invoice.stripe_invoice_id.is_not(None))))
+    if not open_ids:
+        db.session.rollback()
+        return _processed("no open invoices to retry", tenant_id)
+    if gateway.default_payment_method(customer_id) != pm_id:  # re-read: a later change may have replaced it
+        db.session.rollback()
+        return _processed(f"{pm_id} is not the customer's default payment method now", tenant_id)
+    since = ev.created or ev.now
+    retried = db.session.scalar(select(exists().where(
+        PaymentAttempt.tenant_id == tenant_id, PaymentAttempt.trigger == "card_updated",
+        PaymentAttempt.created_at >= since)))
+    db.session.rollback()
+    if retried:
+        return _processed("open invoices were already retried after this card change", tenant_id)
+    # One card change sends two events (payment_method.attached and customer.updated), possibly processed at once.
+    key = f"servicepro:card-retry:{customer_id}:{pm_id}"
+    if not rq.connection.set(key, ev.stripe_event_id, nx=True, ex=CARD_RETRY_TTL_S):
+        return _processed("open invoices are being retried for this card already", tenant_id)
+    try:
+        made = payments.retry_open_invoices(tenant_id, trigger="card_updated", now=ev.now)
+    except Exception:
+        rq.connection.delete(key)
+        raise
+    log.info("card change of tenant %s: %s charge attempts on %s open invoices", tenant_id, made, len(open_ids))
+    return _processed(None, tenant_id)
+
+
+# -- handlers: disputes ----------------------------------------------------------------------------------
+
+def _dispute_created(ev: Incoming) -> Result:
+    """charge.dispute.created: flag the disputed invoice and its tenant for the root admin."""
+    dispute = ev.obj
+    charge_ref = dispute.get("charge")
+    charge = charge_ref if isinstance(charge_ref, dict) else None
+    charge_id = _ref(charge_ref)
+    if charge is None and charge_id:
+        charge = gateway.retrieve_charge(charge_id).to_dict()
+    charge = charge or {}
+    invoice = None
+    stripe_invoice_id = _ref(charge.get("invoice"))  # present on charges in API versions before 2025
+    if stripe_invoice_id:
+        invoice = db.session.scalar(select(Invoice).where(Invoice.stripe_invoice_id == stripe_invoice_id))
+    tenant_id = invoice.tenant_id if invoice else None
+    if tenant_id is None:
+        tenant = _tenant_for_customer(_ref(charge.get("customer")))
+        tenant_id = tenant.id if tenant else None
+    if tenant_id is None:
+        db.session.rollback()
+        return _ignored(f"dispute {dispute.get('id')} on charge {charge_id}: no tenant here for it")
+    if invoice is None:
+        invoice = _paid_invoice_for_charge(tenant_id, charge, dispute)
+    if invoice is not None:
+        db.session.execute(update(Invoice).where(Invoice.id == invoice.id).values(disputed=True))
+    db.session.execute(update(Tenant).where(Tenant.id == tenant_id).values(disputed=True))
+    db.session.commit()
+    log.warning("dispute %s on charge %s: tenant %s, invoice %s flagged", dispute.get("id"), charge_id, tenant_id,
+                invoice.id if invoice else None)
+    return _processed(None if invoice else f"charge {charge_id}: invoice not identified, tenant flagged", tenant_id)
+
+
+def _paid_invoice_for_charge(tenant_id: int, charge: dict, dispute: dict) -> Invoice | None:
+    """The tenant's paid invoice a charge paid: same amount, paid closest to the charge's time."""
+    amount = charge.get("amount") or dispute.get("amount")
+    if not amount:
+        return None
+    candidates = list(db.session.scalars(select(Invoice).where(
+        Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.PAID, Invoice.amount_paid == int(amount))))
+    if not candidates:
+        return None
+    created = charge.get("created")
+    if not created:
+        return max(candidates, key=lambda inv: (inv.paid_at or datetime.min.replace(tzinfo=timezone.utc)))
+    at = datetime.fromtimestamp(int(created), timezone.utc)
+    return min(candidates, key=lambda inv: abs(((inv.paid_at or at) - at).total_seconds()))
+
+
+HANDLERS: dict[str, Callable[[Incoming], Result]] = {
+    "invoice.paid": _invoice_event,
+    "invoice.payment_succeeded": _invoice_event,
+    "invoice.payment_failed": _invoice_event,
+    "invoice.payment_action_required": _invoice_event,
+    "invoice.finalized": _invoice_event,
+    "invoice.voided": _invoice_event,
+    "invoice.marked_uncollectible": _invoice_event,
+    "customer.updated": _customer_updated,
+    "payment_method.attached": _payment_method_attached,
+    "charge.dispute.created": _dispute_created,
+}
+
+
+# -- retries, replay and the root page -------------------------------------------------------------------
+
+def backoff(attempts: int) -> timedelta:
+    """How long a failed event waits after its `attempts`-th attempt (doubling, capped)."""
+    return min(BACKOFF_CAP, BACKOFF_BASE * (2 ** max(0, attempts - 1)))
+
+
+def retry_failed(*, now: datetime | None = None) -> int:
+    """Re-queue failed events whose back-off has elapsed, interrupted and lost ones; return how many were queued."""
+    from app.jobs import enqueue_unique
+
+    now = now or utcnow()
+    t = WebhookEvent.__table__
+    # A worker killed mid-event leaves it `processing`: record it as failed so the back-off below applies.
+    db.session.execute(update(t).where(t.c.status == EventStatus.PROCESSING, t.c.processed_at < now - STALE_PROCESSING)
+                       .values(status=EventStatus.FAILED.value,
+                               last_error="interrupted: the worker stopped while processing it"))
+    db.session.commit()
+    candidates = db.session.execute(
+        select(t.c.id, t.c.status, t.c.attempts, t.c.processed_at).where(or_(
+            (t.c.status == EventStatus.FAILED) & (t.c.attempts < MAX_ATTEMPTS),
+            (t.c.status == EventStatus.PENDING) & (t.c.received_at < now - STALE_PENDING)))
+        .order_by(t.c.id).limit(RETRY_BATCH)).all()
+    db.session.rollback()
+    queued = 0
+    for row_id, status, attempts, last_at in candidates:
+        if status == EventStatus.FAILED and last_at is not None and last_at + backoff(attempts) > now:
+            continue
+        try:
+            enqueue_unique(QUEUE, JOB, row_id, job_id=f"webhook-{row_id}", job_timeout=600)
+        except (RedisError, RuntimeError):
+            log.exception("could not re-queue webhook event %s", row_id)
+            continue
+        queued += 1
+    return queued
+
+
+def replay_event(event_row_id: int, actor_user_id: int | None, *, inline: bool = True,
+                 now: datetime | None = None) -> str:
+    """Reset an event to pending and process it again (inline, or queued), audit-logged; return its status."""
+    now = now or utcnow()
+    row = db.session.scalar(select(WebhookEvent).where(WebhookEvent.id == event_row_id).with_for_update())
+    if row is None:
+        db.session.rollback()
+        raise LookupError(f"webhook event {event_row_id} not found")
+    if row.status == EventStatus.PROCESSING and row.processed_at and row.processed_at > now - STALE_PROCESSING:
+        db.session.rollback()
+        raise ValueError(f"webhook event {event_row_id} is being processed right now")
+    db.session.add(AuditLog(actor_user_id=actor_user_id, tenant_id=row.tenant_id, action="webhook.replay",
+                            details={"event_row_id": row.id, "stripe_event_id": row.stripe_event_id,
+                                     "type": row.type, "previous_status": row.status,
+                                     "previous_error": row.last_error, "attempts": row.attempts},
+                            created_at=now))
+    row.status = EventStatus.PENDING.value
+    row.last_error = None
+    db.session.commit()
+    if inline:
+        return process_event(event_row_id, now=now)
+    if not enqueue(event_row_id):
+        raise RuntimeError("could not queue the replay (Redis unavailable); the retry sweep will process it")
+    return EventStatus.PENDING.value
+
+
+def failed_events(limit: int = 50) -> list[WebhookEvent]:
+    """Failed events for the root page, newest first (each can be replayed)."""
+    return list(db.session.scalars(
+        select(WebhookEvent).where(WebhookEvent.status == EventStatus.FAILED)
+        .order_by(WebhookEvent.received_at.desc(), WebhookEvent.id.desc()).limit(limit)))

@@ -1,0 +1,487 @@
+"""The chaos harness: real PostgreSQL, Redis, emulator, web and RQ workers as processes, faults injected."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import date, datetime, time as dtime, timedelta, timezone
+from pathlib import Path
+
+from redis import Redis
+
+from tests.support.services import SmtpSink, free_port, postgres_server, wait_port
+
+ROOT = Path(__file__).resolve().parent.parent
+QUEUES = ["billing", "webhooks", "default", "mail"]
+
+
+@dataclass
+class Report:
+    invariants: list[tuple[str, bool, str]] = field(default_factory=list)
+    faults: dict[str, int] = field(default_factory=dict)
+    figures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.invariants) and all(ok for _, ok, _ in self.invariants)
+
+    def check(self, name: str, ok: bool, detail: str) -> None:
+        self.invariants.append((name, ok, detail))
+
+    def render(self) -> str:
+        lines = [f"INVARIANT {name:<34} {'OK' if ok else 'FAIL'}  {detail}" for name, ok, detail in self.invariants]
+        lines.append("FAULTS " + " ".join(f"{k}={v}" for k, v in self.faults.items()))
+        lines += [f"CHAOS {k} {v}" for k, v in self.figures.items()]
+        lines.append("CHAOS RESULT " + ("all invariants hold" if self.ok else "INVARIANTS BROKEN"))
+        return "\n".join(lines)
+
+
+class RestartableRedis:
+    """redis-server on a fixed port with an append-only file, so a restart keeps queued jobs (as in production)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="sp-chaos-redis-")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "everysec", "--dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+    def restart(self) -> None:
+        self.stop()
+        time.sleep(0.5)
+        self.start()
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a worker and its work horse (RQ's horse runs in its own session)."""
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    for p in [pid, *map(int, children.split())]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class ChaosRun:
+    def __init__(self, tenants: int = 1000, workers: int = 3, seed: int = 7, timeout: float = 1800.0,
+                 kills: int | None = None, verbose: bool = True) -> None:
+        self.n_tenants, self.n_workers, self.timeout = tenants, workers, timeout
+        self.rng = random.Random(seed)
+        self.max_kills = kills if kills is not None else max(3, min(12, tenants // 80))
+        self.verbose = verbose
+        self.report = Report()
+        self.kills = 0
+        self.redis_restarts = 0
+        self.redrive_times: list[float] = []
+        self.workers: list[subprocess.Popen] = []
+        self.killed: set[subprocess.Popen] = set()
+        self.exits = 0
+
+    def log(self, msg: str) -> None:
+        if self.verbose:
+            print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    # -- processes ---------------------------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, DATABASE_URL=self.db_url, REDIS_URL=self.redis.url, SECRET_KEY="chaos-secret",
+                    STRIPE_SECRET_KEY=self.emu.api_key, STRIPE_API_BASE=self.emu.url,
+                    STRIPE_WEBHOOK_SECRET=self.emu.webhook_secret, SMTP_URL=self.sink.url,
+                    APP_BASE_URL=self.web_url, STRIPE_RATE_LIMIT_PER_S=str(self.rate_limit),
+                    STRIPE_MAX_NETWORK_RETRIES="3", SWEEPER_STALE_SECONDS="10", PYTHONUNBUFFERED="1")
+
+    def start_worker(self) -> subprocess.Popen:
+        log = open(os.path.join(self.logdir, f"worker-{len(self.workers)}.log"), "a")
+        proc = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=self.env(), stdout=log,
+                                stderr=subprocess.STDOUT)
+        self.workers.append(proc)
+        return proc
+
+    def alive_workers(self) -> list[subprocess.Popen]:
+        return [w for w in self.workers if w.poll() is None]
+
+    # -- the run -----------------------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        with ExitStack() as stack:
+            self.logdir = tempfile.mkdtemp(prefix="sp-chaos-logs-")
+            pg_base, _ = stack.enter_context(postgres_server())
+            self._create_db(pg_base)
+            self.redis = RestartableRedis()
+            self.redis.start()
+            stack.callback(self.redis.stop)
+            self.sink = SmtpSink().start()
+            stack.callback(self.sink.stop)
+            web_port = free_port()
+            self.web_url = f"http://127.0.0.1:{web_port}"
+            from stripe_emulator.testing import EmulatorProcess
+
+            self.emu = EmulatorProcess(webhook_url=f"{self.web_url}/webhooks/stripe")
+            stack.callback(self.emu.stop)
+            self.rate_limit = 25  # Stripe's test-mode limit; the emulator enforces a bit above it during chaos
+            self.app = self._make_app()
+            stack.enter_context(self.app.app_context())
+            self._setup_data()
+            web = subprocess.Popen([str(ROOT / ".venv/bin/gunicorn") if (ROOT / ".venv/bin/gunicorn").exists()
+                                    else "gunicorn", "--bind", f"127.0.0.1:{web_port}", "--workers", "2",
+                                    "--threads", "8", "app:create_app()"], cwd=ROOT, env=self.env(),
+                                   stdout=open(os.path.join(self.logdir, "web.log"), "a"), stderr=subprocess.STDOUT)
+            stack.callback(lambda: (web.terminate(), web.wait(20)))
+            wait_port(web_port)
+            for _ in range(self.n_workers):
+                self.start_worker()
+            stack.callback(self._stop_workers)
+            started = time.monotonic()
+            self._chaos_phase()
+            self._settle_phase(started)
+            self._dunning_phase(started)
+            self._check_invariants()
+            self.report.figures["duration_s"] = f"{time.monotonic() - started:.1f}"
+            self.report.figures["logs"] = self.logdir
+        return self.report
+
+    def _stop_workers(self) -> None:
+        for w in self.workers:
+            if w.poll() is None:
+                w.terminate()
+        for w in self.workers:
+            try:
+                w.wait(20)
+            except subprocess.TimeoutExpired:
+                kill_tree(w.pid)
+
+    def _create_db(self, pg_base: str) -> None:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(f"{pg_base}/postgres", isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("CREATE DATABASE servicepro_chaos"))
+        engine.dispose()
+        self.db_url = f"{pg_base}/servicepro_chaos"
+
+    def _make_app(self):
+        from app import create_app
+
+        return create_app({
+            "SQLALCHEMY_DATABASE_URI": self.db_url, "REDIS_URL": self.redis.url,
+            "RATELIMIT_STORAGE_URI": self.redis.url, "SECRET_KEY": "chaos-secret",
+            "STRIPE_SECRET_KEY": self.emu.api_key, "STRIPE_API_BASE": self.emu.url,
+            "STRIPE_WEBHOOK_SECRET": self.emu.webhook_secret, "SMTP_URL": self.sink.url,
+            "APP_BASE_URL": self.web_url, "STRIPE_RATE_LIMIT_PER_S": 0, "SWEEPER_STALE_SECONDS": 10,
+        })
+
+    # -- data --------------------------------------------------------------------------------------------
+
+    def _setup_data(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from flask_migrate import upgrade
+        from sqlalchemy import insert
+
+        from app.extensions import db
+        from app.models import Tenant
+        from app.services.seed import seed_plans
+        from app.services.usage import record_events, rollup_day
+
+        t0 = time.monotonic()
+        upgrade()
+        seed_plans()
+        today = date.today()
+        self.as_of = today.replace(day=1)
+        period_last = self.as_of - timedelta(days=1)
+        period_first = period_last.replace(day=1)
+        self.period = period_first.strftime("%Y-%m")
+        created = datetime.combine(period_first - timedelta(days=3), dtime(12), tzinfo=timezone.utc)
+        plans = ["starter", "pro", "enterprise"]
+        self.kind: dict[int, str] = {}
+        rows = []
+        for i in range(1, self.n_tenants + 1):
+            kind = ("no_customer" if i % 20 == 0 else "declining" if i % 7 == 3 else
+                    "no_usage" if i % 10 == 1 else "paying")
+            rows.append({"id": i, "name": f"Chaos Tenant {i:05d}", "slug": f"chaos-{i}", "plan": plans[i % 3],
+                         "billing_email": f"billing@chaos-{i}.example.com", "status": "active",
+                         "created_at": created, "updated_at": created})
+            self.kind[i] = kind
+        db.session.execute(insert(Tenant), rows)
+        db.session.execute(db.text("select setval(pg_get_serial_sequence('tenants','id'), :n)"),
+                           {"n": self.n_tenants})
+        db.session.commit()
+
+        def with_card(tenant_id: int) -> None:
+            from app import stripe_gateway
+            from app.services.customers import ensure_customer
+
+            with self.app.app_context():
+                customer = ensure_customer(tenant_id)
+                card = "pm_card_chargeCustomerFail" if self.kind[tenant_id] == "declining" else "pm_card_visa"
+                stripe_gateway.attach_default_card(customer, card, key=f"chaos-card-{tenant_id}")
+                db.session.remove()
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(with_card, [t for t, k in self.kind.items() if k != "no_customer"]))
+        tenants = {t.id: t for t in db.session.scalars(db.select(Tenant))}
+        for tenant_id, kind in self.kind.items():
+            if kind == "no_usage":
+                continue
+            events, day = [], period_first
+            while day <= period_last:
+                for metric, base in (("voice_minutes", 40), ("sms_outbound", 30), ("sms_inbound", 50)):
+                    at = datetime.combine(day, dtime(15), tzinfo=timezone.utc)
+                    events.append({"id": f"{day}-{metric}", "metric": metric,
+                                   "quantity": self.rng.randint(0, base * 4), "occurred_at": at})
+                day += timedelta(days=1)
+            record_events(tenants[tenant_id], events)
+        day = period_first
+        while day <= period_last:
+            rollup_day(day)
+            day += timedelta(days=1)
+        db.session.remove()
+        self.report.figures["setup_s"] = f"{time.monotonic() - t0:.1f}"
+        self.log(f"set up {self.n_tenants} tenants for {self.period} in {time.monotonic() - t0:.1f}s "
+                 f"({Counter(self.kind.values())})")
+
+    # -- phases ------------------------------------------------------------------------------------------
+
+    def _conn(self) -> Redis:
+        return Redis.from_url(self.redis.url, socket_connect_timeout=2, socket_timeout=5)
+
+    def _enqueue(self, func: str, *args, job_id: str) -> None:
+        from app.jobs import enqueue_unique
+
+        for _ in range(20):
+            try:
+                enqueue_unique("default" if "sweep" in func else "billing", func, *args, job_id=job_id)
+                return
+            except Exception:  # noqa: BLE001 - Redis may be restarting
+                time.sleep(0.5)
+
+    def _tick(self) -> None:
+        self._enqueue("app.jobs.invoice_due_tenants", self.as_of.isoformat(), job_id="chaos-tick")
+        self._enqueue("app.jobs.sweep_stuck", job_id="chaos-sweep")
+
+    def _progress(self) -> tuple[int, int]:
+        """(tenants settled, tenants total): settled = invoice paid, or open with a finished failed attempt."""
+        from app.extensions import db
+
+        settled = db.session.scalar(db.text("""
+            select count(*) from invoices i where i.status in ('paid')
+               or (i.status = 'open' and i.last_payment_error is not null
+                   and not exists (select 1 from payment_attempts a where a.invoice_id = i.id
+                                   and a.status = 'pending'))"""))
+        db.session.rollback()
+        return settled, self.n_tenants
+
+    def _kill_one(self) -> None:
+        from rq import Worker
+
+        alive = self.alive_workers()
+        if not alive:
+            return
+        busy: dict[int, str] = {}
+        try:
+            for w in Worker.all(connection=self._conn()):
+                job_id = w.get_current_job_id()
+                if job_id:
+                    busy[w.pid] = job_id
+        except Exception:  # noqa: BLE001
+            pass
+        # Prefer a worker in the middle of a job: that is the case the sweeper must heal.
+        candidates = [w for w in alive if w.pid in busy] or alive
+        victim = self.rng.choice(candidates)
+        current = busy.get(victim.pid)
+        kill_tree(victim.pid)
+        victim.wait(10)
+        self.killed.add(victim)
+        self.kills += 1
+        self.log(f"SIGKILL worker pid {victim.pid} (running {current or 'nothing'})")
+        if current:
+            self.pending_redrive[current] = time.monotonic()
+        self.start_worker()
+
+    def _supervise(self) -> None:
+        """Restart workers that exited on their own, as a process manager would."""
+        for w in list(self.workers):
+            if w.poll() is not None and w not in self.killed:
+                self.killed.add(w)
+                self.exits += 1
+                self.log(f"worker pid {w.pid} exited ({w.returncode}); restarting")
+                self.start_worker()
+
+    def _watch_redrives(self) -> None:
+        from rq.job import Job
+
+        for job_id, killed_at in list(self.pending_redrive.items()):
+            try:
+                status = Job.fetch(job_id, connection=self._conn()).get_status()
+            except Exception:  # noqa: BLE001
+                status = None
+            if status in ("queued", "finished"):  # re-driven (back on a queue) or already done again
+                self.redrive_times.append(time.monotonic() - killed_at)
+                del self.pending_redrive[job_id]
+
+    def _chaos_phase(self) -> None:
+        self.pending_redrive: dict[str, float] = {}
+        # The emulator's limit sits below our shared limiter's budget, so real 429s happen and are backed off.
+        self.emu.set_faults(error_rate=0.03, rate_limit_per_s=self.rate_limit - 5, latency_ms=15,
+                            disconnect_rate=0.01, seed=self.rng.randint(0, 10**6))
+        self._tick()
+        next_kill = time.monotonic() + self.rng.uniform(2, 5)
+        next_tick = time.monotonic() + 5
+        restarted = False
+        deadline = time.monotonic() + self.timeout / 2
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            self._watch_redrives()
+            settled, total = self._progress()
+            if not restarted and settled >= total * 0.3:
+                self.log("restarting Redis")
+                self.redis.restart()
+                self.redis_restarts += 1
+                restarted = True
+            self._supervise()
+            if self.kills < self.max_kills and time.monotonic() >= next_kill and settled > 0:
+                self._kill_one()
+                next_kill = time.monotonic() + self.rng.uniform(2, 6)
+            if time.monotonic() >= next_tick:
+                self._tick()
+                next_tick = time.monotonic() + 5
+                self.log(f"progress {settled}/{total}, kills {self.kills}")
+            if settled >= total * 0.9 and self.kills >= self.max_kills and restarted:
+                break
+        faults = self.emu.faults()
+        self.emu.clear_faults()
+        self.fault_counters = faults
+        self.log(f"faults stopped: {faults}")
+
+    def _idle(self) -> bool:
+        from rq import Queue
+        from rq.registry import StartedJobRegistry
+
+        conn = self._conn()
+        return all(Queue(q, connection=conn).count == 0 and StartedJobRegistry(q, connection=conn).count == 0
+                   for q in QUEUES)
+
+    def _settled(self) -> bool:
+        from app.extensions import db
+
+        settled, total = self._progress()
+        pending_events = db.session.scalar(db.text(
+            "select count(*) from webhook_events where status not in ('processed', 'ignored')"))
+        pending_mail = db.session.scalar(db.text("select count(*) from outbox_emails where status = 'pending'"))
+        db.session.rollback()
+        hooks = self.emu.webhook_status()
+        in_flight = hooks.get("pending", 0) + hooks.get("in_flight", 0) if isinstance(hooks, dict) else 0
+        idle = self._idle()
+        self.last_state = (f"settled {settled}/{total}, webhook rows pending {pending_events}, mail pending "
+                           f"{pending_mail}, deliveries in flight {in_flight}, queues idle {idle}")
+        return settled == total and pending_events == 0 and pending_mail == 0 and in_flight == 0 and idle
+
+    def _settle_phase(self, started: float, label: str = "settle") -> None:
+        deadline = time.monotonic() + self.timeout / 2
+        next_tick = 0.0
+        while time.monotonic() < deadline:
+            self._watch_redrives()
+            self._supervise()
+            if time.monotonic() >= next_tick:
+                self._tick()
+                self._enqueue("app.jobs.flush_outbox", job_id="chaos-flush")
+                next_tick = time.monotonic() + 5
+            time.sleep(1)
+            if self._settled():
+                self.log(f"{label}: settled after {time.monotonic() - started:.0f}s")
+                return
+        self.log(f"{label}: did not settle in time ({self.last_state})")
+
+    def _dunning_phase(self, started: float) -> None:
+        """Run the dunning pass twice for a date past the reminder threshold, as the nightly job would."""
+        as_of = (date.today() + timedelta(days=self.app.config["DUNNING_REMINDER_DAYS"] + 1)).isoformat()
+        self._enqueue("app.jobs.dunning_pass", as_of, job_id="chaos-dunning-1")
+        self._settle_phase(started, "dunning-1")
+        self._enqueue("app.jobs.dunning_pass", as_of, job_id="chaos-dunning-2")
+        self._settle_phase(started, "dunning-2")
+        self.emu.flush_webhooks(30)
+
+    # -- invariants --------------------------------------------------------------------------------------
+
+    def _check_invariants(self) -> None:
+        from rq import Queue
+        from rq.registry import StartedJobRegistry
+
+        from app.extensions import db
+
+        r = self.report
+        q = lambda sql: db.session.execute(db.text(sql)).all()  # noqa: E731
+        per_tenant = q("select t.id, count(i.id) from tenants t left join invoices i on i.tenant_id = t.id "
+                       "and i.status <> 'void' group by t.id")
+        wrong = [(t, c) for t, c in per_tenant if c != 1]
+        r.check("one_invoice_per_tenant_period", not wrong,
+                f"{len(per_tenant)} tenants, {len(wrong)} without exactly one non-void invoice {wrong[:5]}")
+
+        charges = self.emu.charges()
+        per_invoice = Counter(c["invoice"] for c in charges)
+        twice = [i for i, n in per_invoice.items() if n > 1]
+        paid = {row[0] for row in q("select stripe_invoice_id from invoices where status = 'paid'")}
+        missing = paid - set(per_invoice)
+        extra = set(per_invoice) - paid
+        r.check("no_invoice_charged_twice", not twice, f"{len(charges)} charges, {len(twice)} invoices charged twice")
+        r.check("charges_equal_paid_invoices", not missing and not extra,
+                f"{len(paid)} paid invoices; charged-not-paid {len(extra)}, paid-not-charged {len(missing)}")
+
+        status = dict(q("select tenant_id, status from invoices where status <> 'void'"))
+        bad = [t for t, k in self.kind.items()
+               if (k in ("paying", "no_usage") and status.get(t) != "paid")
+               or (k in ("declining", "no_customer") and status.get(t) != "open")]
+        r.check("every_tenant_in_expected_state", not bad,
+                f"paying→paid, declining/no card→open with error; {len(bad)} off {bad[:5]}")
+
+        events = self.emu.events()
+        stored = q("select stripe_event_id, status from webhook_events")
+        stored_ids = Counter(e for e, _ in stored)
+        not_done = [e for e, s in stored if s not in ("processed", "ignored")]
+        lost = {e["id"] for e in events} - set(stored_ids)
+        r.check("every_webhook_applied_once", not not_done and not lost and max(stored_ids.values(), default=1) == 1,
+                f"{len(events)} events sent, {len(stored)} stored, {len(lost)} lost, {len(not_done)} unprocessed")
+
+        sent = Counter((m["X-Envelope-To"], m["Subject"]) for m in self.sink.messages)
+        dupes = [k for k, n in sent.items() if n > 1]
+        outbox = dict(q("select status, count(*) from outbox_emails group by status"))
+        reminders = sum(1 for m in self.sink.messages if "reminder" in (m["Subject"] or "").lower())
+        r.check("every_email_sent_once", not dupes and outbox.get("pending", 0) == 0,
+                f"{len(self.sink.messages)} emails ({reminders} reminders), {len(dupes)} duplicates, outbox {outbox}")
+
+        conn = self._conn()
+        stuck = {name: StartedJobRegistry(name, connection=conn).count for name in QUEUES}
+        queued = {name: Queue(name, connection=conn).count for name in QUEUES}
+        r.check("no_job_stuck_in_started", sum(stuck.values()) == 0 and sum(queued.values()) == 0,
+                f"started {stuck}, queued {queued}")
+        db.session.rollback()
+
+        f = getattr(self, "fault_counters", {}) or {}
+        counters = f.get("counters", f)
+        r.faults = {"worker_kills": self.kills, "worker_exits": self.exits, "redis_restarts": self.redis_restarts,
+                    "http_500": counters.get("errors_500", 0), "http_429": counters.get("rate_limited_429", 0),
+                    "disconnects": counters.get("disconnects", 0)}
+        if self.redrive_times:
+            r.figures["redrive_after_kill_s"] = (f"median {statistics.median(self.redrive_times):.1f} "
+                                                 f"max {max(self.redrive_times):.1f} (n={len(self.redrive_times)})")

@@ -1,0 +1,316 @@
+"""The tenant billing page: what a tenant admin sees and can do (Flask test client, real Stripe emulator)."""
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from app import stripe_gateway
+from app.extensions import db
+from app.models import Invoice, InvoiceLine, PaymentAttempt, Tenant
+from app.services import billing_views, clock
+from app.services.dunning import reevaluate_tenant
+from app.services.invoicing import invoice_and_charge
+from tests.billing_support import add_usage, tenant_with_card
+from tests.conftest import csrf_from, login
+from tests.factories import admin_email, make_root, make_tenant, utc
+from tests.test_dunning import make_invoice
+
+LONG_AGO = utc(2020, 1, 1)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+
+def billed_tenant(card: str, name: str | None = None) -> tuple[Tenant, Invoice]:
+    """A tenant with a Stripe card whose previous month was invoiced and charged for real (through the emulator)."""
+    tenant = tenant_with_card(card, name=name, created_at=LONG_AGO)
+    outcome = invoice_and_charge(tenant.id, billing_views.default_period())
+    db.session.expire_all()
+    return db.session.get(Tenant, tenant.id), db.session.get(Invoice, outcome.invoice_id)
+
+
+def text_of(resp) -> str:
+    """The visible text of a response (tags dropped, whitespace collapsed)."""
+    html = resp.get_data(as_text=True)
+    html = re.sub(r"<(script|style|head)[^>]*>.*?</\1>", " ", html, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).replace("&amp;", "&").replace("&#39;", "'").strip()
+
+
+def row_html(html: str, element_id: str) -> str:
+    m = re.search(rf'<tr id="{element_id}".*?</tr>', html, flags=re.S)
+    assert m, f"no #{element_id} in the page"
+    return m.group(0)
+
+
+def token(client, path: str = "/admin/billing") -> str:
+    return csrf_from(client.get(path).get_data(as_text=True))
+
+
+def attempts(invoice_id: int) -> list[PaymentAttempt]:
+    db.session.expire_all()
+    return list(db.session.scalars(select(PaymentAttempt).where(PaymentAttempt.invoice_id == invoice_id)
+                                   .order_by(PaymentAttempt.id)))
+
+
+HX = {"HX-Request": "true"}
+
+
+# -- the page --------------------------------------------------------------------------------------------------
+
+def test_page_shows_plan_addons_usage_estimate_balance_and_next_invoice(app, client, plans):
+    tenant = make_tenant("Acme Plumbing")
+    today = clock.today()
+    add_usage(tenant.id, today, voice_minutes=700, sms_outbound=100)
+    make_invoice(tenant, today - timedelta(days=3), amount=4900)  # open, due 3 days ago
+    login(client, admin_email(tenant))
+
+    resp = client.get("/admin/billing")
+    assert resp.status_code == 200
+    text = text_of(resp)
+    assert "Billing · Acme Plumbing" in text
+    assert "Starter $29.00 per month" in text
+    assert "500 Voice minutes, then $0.015 each" in text
+    assert "Add-ons" in text
+    # Usage so far, priced as the invoice would be: $29 fee + 200 billable minutes × $0.015; SMS within the plan.
+    assert "Voice minutes 700 500 200 $3.00" in text
+    assert "Outbound SMS 100 500 0 $0.00" in text
+    assert "If the month ended today $32.00" in text
+    first, last = clock.month_bounds(today.year, today.month)
+    nxt = last + timedelta(days=1)
+    assert f"Next invoice on {nxt:%b} {nxt.day}, {nxt.year}" in text
+    assert re.search(r'id="balance-due".*?\$49\.00', resp.get_data(as_text=True), flags=re.S)
+    if today > first:  # a projection needs at least one whole day of the month
+        assert "At this month's pace" in text
+
+
+def test_lists_the_last_six_invoices_newest_first_plus_any_older_open_one(app, client, plans):
+    tenant = make_tenant()
+    oldest_open = make_invoice(tenant, date(2025, 3, 2), amount=1111, number="SP-OLD-OPEN")
+    for month in range(1, 9):  # Jan..Aug 2026, all paid
+        make_invoice(tenant, date(2026, month, 2), status="paid", number=f"SP-2026-{month:02d}")
+    login(client, admin_email(tenant))
+    html = client.get("/admin/billing").get_data(as_text=True)
+    numbers = re.findall(r'<tr id="invoice-row-\d+"[^>]*>\s*<th scope="row"><a [^>]+>([^<]+)</a>', html)
+    # The last six periods (Jul 2026 back to Feb 2026: invoices issued Aug..Mar), then the old open one.
+    assert numbers == [f"SP-2026-{m:02d}" for m in range(8, 2, -1)] + ["SP-OLD-OPEN"]
+    row = row_html(html, f"invoice-row-{oldest_open.id}")
+    assert "badge-open" in row and "$11.11" in row
+    paid_row = row_html(html, re.search(r'id="(invoice-row-\d+)"', html).group(1))
+    assert "badge-paid" in paid_row and "Aug 2, 2026" in paid_row
+    assert f'href="/admin/billing/invoices/' in paid_row
+
+
+def test_stripe_hosted_invoice_link_and_pay_now_only_on_open_stripe_invoices(app, client, plans, emulator):
+    tenant, invoice = billed_tenant("pm_card_chargeCustomerFail")
+    assert invoice.status == "open" and invoice.hosted_invoice_url
+    login(client, admin_email(tenant))
+    html = client.get("/admin/billing").get_data(as_text=True)
+    row = row_html(html, f"invoice-row-{invoice.id}")
+    assert f'href="{invoice.hosted_invoice_url}"' in row
+    assert f'hx-post="/admin/billing/invoices/{invoice.id}/pay"' in row and "Pay now" in row
+    assert invoice.last_payment_error in row
+
+
+def test_printable_invoice_shows_number_period_lines_and_totals(app, client, plans):
+    tenant = make_tenant("Print Co")
+    inv = make_invoice(tenant, date(2026, 10, 1), amount=3200, number="SP-2026-09-000042")
+    inv.lines.append(InvoiceLine(metric=None, quantity=1, unit_price=29, amount=2900,
+                                 description="Starter plan, September 2026", period_start=date(2026, 9, 1),
+                                 period_end=date(2026, 9, 30)))
+    inv.lines.append(InvoiceLine(metric="voice_minutes", quantity=20, used_quantity=520, included=500,
+                                 unit_price="0.015", amount=30, description="Voice minutes, September 2026",
+                                 period_start=date(2026, 9, 1), period_end=date(2026, 9, 30)))
+    db.session.commit()
+    login(client, admin_email(tenant))
+    resp = client.get(f"/admin/billing/invoices/{inv.id}")
+    assert resp.status_code == 200
+    text = text_of(resp)
+    assert "Invoice SP-2026-09-000042" in text
+    assert "September 2026 ( Sep 1, 2026 – Sep 30, 2026 )" in text
+    assert "Starter plan, September 2026 1 $29.00 $29.00" in text
+    assert "Voice minutes, September 2026 20 $0.015 $0.30" in text
+    assert "Total $32.00" in text and "Balance $32.00" in text
+    assert 'data-print' in resp.get_data(as_text=True)  # the print button (wired in app.js; print CSS in app.css)
+
+
+# -- isolation and errors ----------------------------------------------------------------------------------------
+
+def test_another_tenants_invoice_is_404_in_html_json_and_htmx(app, client, plans):
+    mine, theirs = make_tenant("Mine"), make_tenant("Theirs Inc")
+    their_invoice = make_invoice(theirs, date(2026, 10, 1), number="SP-THEIRS").id
+    login(client, admin_email(mine))
+    csrf = token(client)
+
+    resp = client.get(f"/admin/billing/invoices/{their_invoice}")
+    assert resp.status_code == 404 and "Theirs Inc" not in resp.get_data(as_text=True)
+    resp = client.get(f"/admin/billing/invoices/{their_invoice}", headers={"Accept": "application/json"})
+    assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "not_found"
+    resp = client.post(f"/admin/billing/invoices/{their_invoice}/pay", data={"csrf_token": csrf})
+    assert resp.status_code == 404
+    resp = client.post(f"/admin/billing/invoices/{their_invoice}/pay", headers={**HX, "X-CSRFToken": csrf})
+    assert resp.status_code == 404
+    assert db.session.scalar(select(PaymentAttempt.id)) is None
+    # ?tenant_id= means nothing to a tenant admin: they see their own page.
+    resp = client.get(f"/admin/billing?tenant_id={theirs.id}")
+    assert resp.status_code == 200 and "Theirs Inc" not in resp.get_data(as_text=True)
+
+
+def test_pay_now_without_a_csrf_token_is_refused(app, client, plans):
+    tenant = make_tenant()
+    inv = make_invoice(tenant, date(2026, 10, 1))
+    login(client, admin_email(tenant))
+    assert client.post(f"/admin/billing/invoices/{inv.id}/pay", headers=HX).status_code == 400
+    resp = client.post(f"/admin/billing/invoices/{inv.id}/pay", headers={"Accept": "application/json"})
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "csrf_failed"
+
+
+def test_pay_now_on_a_paid_invoice_says_so_and_charges_nothing(app, client, plans):
+    tenant = make_tenant()
+    inv = make_invoice(tenant, date(2026, 10, 1), status="paid")
+    login(client, admin_email(tenant))
+    resp = client.post(f"/admin/billing/invoices/{inv.id}/pay", headers={**HX, "X-CSRFToken": token(client)})
+    assert resp.status_code == 200
+    assert "This invoice is already paid." in text_of(resp)
+    assert attempts(inv.id) == []
+
+
+def test_root_admin_is_sent_to_system_billing_or_sees_a_tenant_read_only(app, client, plans):
+    tenant = make_tenant("Looked At")
+    inv = make_invoice(tenant, date(2026, 10, 1))
+    make_root()
+    login(client, "root@example.com")
+    resp = client.get("/admin/billing")
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/admin/system-billing")
+    resp = client.get(f"/admin/billing?tenant_id={tenant.id}")
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and "Billing · Looked At" in html and "read-only" in html
+    assert "Update Payment Method" not in html and "Pay now" not in html
+    assert client.get("/admin/billing?tenant_id=999999").status_code == 404
+    assert client.get(f"/admin/billing/invoices/{inv.id}").status_code == 200
+    csrf = token(client, f"/admin/billing?tenant_id={tenant.id}")
+    assert client.post(f"/admin/billing/invoices/{inv.id}/pay", data={"csrf_token": csrf}).status_code == 403
+    assert client.post("/admin/billing/payment-method", data={"csrf_token": csrf}).status_code == 403
+
+
+def test_restricted_tenant_reaches_every_billing_page(app, client, plans):
+    tenant = make_tenant(dunning_stage="restricted", overdue_days=50)
+    inv = make_invoice(tenant, date(2026, 1, 2))
+    login(client, admin_email(tenant))
+    assert client.get("/admin/usage").headers["Location"].endswith("/admin/billing")
+    assert client.get("/admin/billing").status_code == 200
+    assert client.get(f"/admin/billing/invoices/{inv.id}").status_code == 200
+
+
+# -- Pay now -----------------------------------------------------------------------------------------------------
+
+def test_pay_now_with_htmx_shows_the_decline_then_pays_in_place_after_a_new_card(app, client, plans, emulator):
+    tenant, invoice = billed_tenant("pm_card_chargeCustomerFail")
+    login(client, admin_email(tenant))
+    csrf = token(client)
+
+    resp = client.post(f"/admin/billing/invoices/{invoice.id}/pay", headers={**HX, "X-CSRFToken": csrf})
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    assert html.lstrip().startswith(f'<tr id="invoice-row-{invoice.id}"')  # the row replaces itself
+    assert "The payment was declined" in html and 'role="alert"' in html
+    assert "Pay now" in html  # still open: the button stays
+    assert [a.trigger for a in attempts(invoice.id)][-1] == "pay_now"
+
+    # Twenty days later the tenant is in dunning (the banner shows); they get a new card and pay.
+    db.session.get(Invoice, invoice.id).due_at -= timedelta(days=20)
+    db.session.commit()
+    reevaluate_tenant(tenant.id)
+    assert 'id="overdue-banner"' in client.get("/admin/billing").get_data(as_text=True)
+    stripe_gateway.attach_default_card(tenant.stripe_customer_id, "pm_card_visa", key=f"new-card-{tenant.id}")
+    resp = client.post(f"/admin/billing/invoices/{invoice.id}/pay", headers={**HX, "X-CSRFToken": csrf})
+    html = resp.get_data(as_text=True)
+    row = row_html(html, f"invoice-row-{invoice.id}")
+    assert "Paid — thank you." in row and "badge-paid" in row and "Pay now" not in row
+    # Out of band: the balance card drops to zero and the overdue banner goes away.
+    assert re.search(r'<section[^>]*id="balance-due"[^>]*hx-swap-oob="true".*?\$0\.00', html, flags=re.S)
+    assert '<div id="overdue-banner" hx-swap-oob="delete"></div>' in html
+    db.session.expire_all()
+    assert db.session.get(Invoice, invoice.id).status == "paid"
+    assert db.session.get(Tenant, tenant.id).dunning_stage == "ok"
+
+
+def test_pay_now_without_javascript_redirects_back_with_the_result(app, client, plans, emulator):
+    tenant, invoice = billed_tenant("pm_card_chargeCustomerFail")
+    login(client, admin_email(tenant))
+    resp = client.post(f"/admin/billing/invoices/{invoice.id}/pay", data={"csrf_token": token(client)})
+    assert resp.status_code == 303 and resp.headers["Location"].endswith("/admin/billing")
+    page = client.get("/admin/billing")
+    assert "The payment was declined" in text_of(page)
+    assert 'class="flash flash-error"' in page.get_data(as_text=True)
+
+
+# -- Update Payment Method ---------------------------------------------------------------------------------------
+
+def test_update_payment_method_goes_to_the_portal_and_back_and_retries_open_invoices_once(
+        app, client, plans, emulator):
+    tenant, invoice = billed_tenant("pm_card_chargeCustomerFail")
+    login(client, admin_email(tenant))
+    resp = client.post("/admin/billing/payment-method", data={"csrf_token": token(client)})
+    assert resp.status_code == 303
+    portal = resp.headers["Location"]
+    assert portal.startswith(f"{emulator.url}/portal/")
+
+    # The customer picks a working card on the portal page, which sends them back to us.
+    assert "Update your payment method" in requests.get(portal, timeout=10).text
+    back = requests.post(f"{portal}/payment_method", data={"payment_method": "pm_card_visa"},
+                         allow_redirects=False, timeout=10)
+    assert back.status_code == 303
+    back_url = urlsplit(back.headers["Location"])
+    assert back_url.path == "/admin/billing" and back_url.query.startswith("card_updated=")
+
+    resp = client.get(f"{back_url.path}?{back_url.query}")
+    assert resp.status_code == 303 and resp.headers["Location"].endswith("/admin/billing")
+    text = text_of(client.get("/admin/billing"))
+    assert "Your payment method was updated and every open invoice is paid." in text
+    db.session.expire_all()
+    assert db.session.get(Invoice, invoice.id).status == "paid"
+    assert [a.trigger for a in attempts(invoice.id)] == ["scheduled", "card_updated"]
+
+    # The return link is single-use: a reload (or a forged link) charges nothing again.
+    client.get(f"{back_url.path}?{back_url.query}")
+    client.get("/admin/billing?card_updated=forged")
+    assert len(attempts(invoice.id)) == 2
+
+
+def test_card_update_that_still_declines_tells_the_tenant(app, client, plans, emulator):
+    tenant, invoice = billed_tenant("pm_card_chargeCustomerFail")
+    login(client, admin_email(tenant))
+    portal = client.post("/admin/billing/payment-method", data={"csrf_token": token(client)}).headers["Location"]
+    back = requests.post(f"{portal}/payment_method", data={"payment_method": "pm_card_chargeCustomerFail"},
+                         allow_redirects=False, timeout=10)
+    loc = urlsplit(back.headers["Location"])
+    client.get(f"{loc.path}?{loc.query}")
+    text = text_of(client.get("/admin/billing"))
+    assert "Your payment method was updated, but 1 invoice could not be charged" in text
+    assert db.session.get(Invoice, invoice.id).status == "open"
+
+
+def test_update_payment_method_when_stripe_is_unreachable_shows_a_message(app, client, plans):
+    # No emulator: the app's Stripe base URL points at a closed port.
+    tenant = make_tenant()
+    login(client, admin_email(tenant))
+    resp = client.post("/admin/billing/payment-method", data={"csrf_token": token(client)})
+    assert resp.status_code == 303 and resp.headers["Location"].endswith("/admin/billing")
+    assert "We could not open the secure payment page just now" in text_of(client.get("/admin/billing"))
+
+
+def test_update_payment_method_with_htmx_redirects_the_browser(app, client, plans, emulator):
+    tenant = tenant_with_card("pm_card_visa")
+    login(client, admin_email(tenant))
+    resp = client.post("/admin/billing/payment-method", headers={**HX, "X-CSRFToken": token(client)})
+    assert resp.status_code == 204 and resp.headers["HX-Redirect"].startswith(f"{emulator.url}/portal/")
+
+
+@pytest.mark.parametrize("path", ["/admin/billing", "/admin/billing/invoices/1"])
+def test_signed_out_visitors_are_sent_to_sign_in(client, path):
+    resp = client.get(path)
+    assert resp.status_code == 302 and "/login" in resp.headers["Location"]
