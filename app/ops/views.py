@@ -44,3 +44,26 @@ def healthz():
         report["checks"]["redis"] = f"error: {type(err).__name__}"
         report["status"] = "degraded"
     return jsonify(report), 200 if report["status"] == "ok" else 503
+
+
+@bp.route("/admin/jobs")
+def jobs():
+    """Root admins' job monitor: queues, workers, failed jobs, scheduler heartbeat."""
+    from flask import render_template
+
+    from app.services.queue_monitor import snapshot
+
+    return render_template("ops/jobs.html", snap=snapshot())
+
+
+@bp.route("/admin/jobs/failed/<job_id>/requeue", methods=["POST"])
+def requeue_job(job_id: str):
+    from flask import flash, redirect, url_for
+
+    from app.services.queue_monitor import requeue_failed
+
+    if requeue_failed(job_id):
+        flash(f"Job {job_id} is queued again.", "success")
+    else:
+        flash(f"No failed job {job_id} to requeue.", "error")
+    return redirect(url_for("ops.jobs"), 303)

@@ -15,3 +15,9 @@ def slow_marker(key: str, seconds: float) -> str:
     time.sleep(seconds)
     rq.connection.incr(f"{key}:done")
     return "done"
+
+
+@job
+def always_fails(reason: str) -> None:
+    """Fail with a recognisable message."""
+    raise RuntimeError(f"boom: {reason}")

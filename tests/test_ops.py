@@ -1,0 +1,40 @@
+"""Operations: the health check and the root admins' job monitor."""
+from __future__ import annotations
+
+from rq.registry import FailedJobRegistry
+
+from app.extensions import rq
+from app.jobs import enqueue_unique
+from tests.conftest import csrf_from, login, run_jobs
+from tests.factories import admin_email, make_root, make_tenant
+
+
+def test_root_sees_queues_workers_and_failed_jobs_and_can_requeue(client, plans):
+    make_root()
+    login(client, "root@example.com")
+    enqueue_unique("default", "tests.support.jobs.always_fails", "disk on fire", job_id="doomed-1")
+    run_jobs(("default",))
+    page = client.get("/admin/jobs")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert "doomed-1" in html and "boom: disk on fire" in html and "never seen" in html
+    resp = client.post("/admin/jobs/failed/doomed-1/requeue", data={"csrf_token": csrf_from(html)})
+    assert resp.status_code == 303
+    assert rq.queue("default").count == 1 and FailedJobRegistry("default", connection=rq.connection).count == 0
+    again = client.post("/admin/jobs/failed/doomed-1/requeue", data={"csrf_token": csrf_from(html)},
+                        follow_redirects=True)
+    assert "No failed job doomed-1" in again.get_data(as_text=True)
+
+
+def test_job_monitor_is_root_only(client, plans):
+    tenant = make_tenant()
+    login(client, admin_email(tenant))
+    assert client.get("/admin/jobs").status_code == 403
+
+
+def test_healthz_degrades_when_redis_is_down(app, client, plans):
+    app.config["REDIS_URL"] = "redis://127.0.0.1:9/0"
+    app.extensions.pop("redis_connection", None)
+    resp = client.get("/healthz")
+    assert resp.status_code == 503 and resp.get_json()["checks"]["redis"].startswith("error")
+    assert resp.get_json()["checks"]["database"] == "ok"
