@@ -55,7 +55,9 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=10)
     args = parser.parse_args()
     force_utc()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s scheduler %(levelname)s %(message)s")
+    from app import logs
+
+    logs.configure()
 
     from app.config import load_config
     from app.schedule import SCHEDULE

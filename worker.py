@@ -14,9 +14,9 @@ def main() -> None:
     parser.add_argument("queues", nargs="*")
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(name)s %(message)s")
-    for noisy in ("alembic", "stripe"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from app import logs
+
+    logs.configure()
 
     import app.jobs as jobs
     from app import create_app

@@ -12,6 +12,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app = Flask(__name__, instance_path=str(INSTANCE_DIR))
     app.config.update(load_config(config))
+    if not app.config.get("TESTING"):
+        from app import logs
+
+        logs.configure()
     register_extensions(app)
     register_blueprints(app)
     register_error_handlers(app)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 from datetime import date, datetime, timedelta, timezone
@@ -15,17 +16,23 @@ _worker_app = None
 def job(fn):
     """Run a job inside an app context (the worker's, or one built once per process) and clean up after."""
 
+    takes_tenant = "tenant_id" in inspect.signature(fn).parameters
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         global _worker_app
-        if has_app_context():  # inline (tests, CLI): the caller owns the session
-            return fn(*args, **kwargs)
-        if _worker_app is None:
-            from app import create_app
+        from app.logs import log_context
 
-            _worker_app = create_app()
-        with _worker_app.app_context():
-            return _run(fn, args, kwargs)
+        tenant_id = kwargs.get("tenant_id", args[0] if takes_tenant and args else None)
+        with log_context(tenant_id=tenant_id):
+            if has_app_context():  # inline (tests, CLI): the caller owns the session
+                return fn(*args, **kwargs)
+            if _worker_app is None:
+                from app import create_app
+
+                _worker_app = create_app()
+            with _worker_app.app_context():
+                return _run(fn, args, kwargs)
 
     return wrapper
 
