@@ -16,6 +16,7 @@ BENCHMARKS: list[str] = [
     "dunning",  # issue 6: the nightly dunning pass vs one raw SELECT
     "webhooks",  # issue 5: webhook ingestion (verify + store + enqueue) on one gunicorn worker
     "pages",  # issue 7: server time and SQL statements of /admin/system-billing (10,000 tenants), /admin/billing
+    "month_end",  # issue 8: month-end Stripe request rate under the shared rate limit vs the limit
 ]
 
 

@@ -85,11 +85,16 @@ def kill_tree(pid: int) -> None:
 
 class ChaosRun:
     def __init__(self, tenants: int = 1000, workers: int = 3, seed: int = 7, timeout: float = 1800.0,
-                 kills: int | None = None, verbose: bool = True) -> None:
+                 kills: int | None = None, verbose: bool = True, chaos: bool = True,
+                 stripe_rate_limit: int = 25) -> None:
         self.n_tenants, self.n_workers, self.timeout = tenants, workers, timeout
         self.rng = random.Random(seed)
         self.max_kills = kills if kills is not None else max(3, min(12, tenants // 80))
         self.verbose = verbose
+        # chaos=False: the same month-end cycle with no kills, no Redis restart and no faults except Stripe's
+        # rate limit (the throughput benchmark).
+        self.chaos = chaos
+        self.stripe_rate_limit = stripe_rate_limit
         self.report = Report()
         self.kills = 0
         self.redis_restarts = 0
@@ -139,7 +144,7 @@ class ChaosRun:
 
             self.emu = EmulatorProcess(webhook_url=f"{self.web_url}/webhooks/stripe")
             stack.callback(self.emu.stop)
-            self.rate_limit = 25  # Stripe's test-mode limit; the emulator enforces a bit above it during chaos
+            self.rate_limit = self.stripe_rate_limit  # our shared budget (Stripe: 25/s test mode, 100/s live)
             self.app = self._make_app()
             stack.enter_context(self.app.app_context())
             self._setup_data()
@@ -342,9 +347,14 @@ class ChaosRun:
 
     def _chaos_phase(self) -> None:
         self.pending_redrive: dict[str, float] = {}
-        # The emulator's limit sits below our shared limiter's budget, so real 429s happen and are backed off.
-        self.emu.set_faults(error_rate=0.03, rate_limit_per_s=self.rate_limit - 5, latency_ms=15,
-                            disconnect_rate=0.01, seed=self.rng.randint(0, 10**6))
+        if self.chaos:
+            # The emulator's limit sits below our shared budget, so real 429s happen and are backed off.
+            self.emu.set_faults(error_rate=0.03, rate_limit_per_s=self.rate_limit - 5, latency_ms=15,
+                                disconnect_rate=0.01, seed=self.rng.randint(0, 10**6))
+        else:
+            # Stripe's limit a little above our budget (ours is the one that must hold).
+            self.emu.set_faults(rate_limit_per_s=self.rate_limit + 1)
+        self.measure_from = time.time()
         self._tick()
         next_kill = time.monotonic() + self.rng.uniform(2, 5)
         next_tick = time.monotonic() + 5
@@ -354,6 +364,14 @@ class ChaosRun:
             time.sleep(0.25)
             self._watch_redrives()
             settled, total = self._progress()
+            if not self.chaos:
+                if settled >= total:
+                    break
+                if time.monotonic() >= next_tick:
+                    self._tick()
+                    next_tick = time.monotonic() + 5
+                    self.log(f"progress {settled}/{total}")
+                continue
             if not restarted and settled >= total * 0.3:
                 self.log("restarting Redis")
                 self.redis.restart()
@@ -438,6 +456,7 @@ class ChaosRun:
         r.check("one_invoice_per_tenant_period", not wrong,
                 f"{len(per_tenant)} tenants, {len(wrong)} without exactly one non-void invoice {wrong[:5]}")
 
+        self.request_log = self.emu.requests()
         charges = self.emu.charges()
         per_invoice = Counter(c["invoice"] for c in charges)
         twice = [i for i, n in per_invoice.items() if n > 1]

@@ -1,0 +1,43 @@
+"""The shared Stripe rate limiter keeps all callers together under the configured rate."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.conftest import base_config
+
+
+@pytest.fixture
+def config_overrides():
+    return {"STRIPE_RATE_LIMIT_PER_S": 20}
+
+
+def test_callers_in_several_threads_share_one_budget(app, migrated, redis_url):
+    from app import create_app
+    from app.services.ratelimit import stripe_slot
+
+    stamps: list[float] = []
+    lock = threading.Lock()
+
+    def caller():
+        other = create_app(base_config(migrated, redis_url, STRIPE_RATE_LIMIT_PER_S=20))
+        with other.app_context():
+            for _ in range(10):
+                stripe_slot()
+                with lock:
+                    stamps.append(time.monotonic())
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    stamps.sort()
+    assert len(stamps) == 40
+    # No sliding one-second window holds more than the limit (+1 for timer jitter) ...
+    worst = max(sum(1 for s in stamps if start <= s < start + 1.0) for start in stamps)
+    assert worst <= 21
+    # ... and the budget is used: 40 calls at 20/s take about 2 s, not much more.
+    assert 1.7 <= stamps[-1] - stamps[0] <= 3.0
