@@ -101,6 +101,7 @@ def _fresh_request_state() -> None:
     # request's signed-in user or tenant scope carry over through `g`.
     g.pop("_login_user", None)
     g.pop("scope_tenant_id", None)
+    g.pop("csrf_token", None)  # Flask-WTF caches the session's token in g
 
 
 def init_app(app: Flask) -> None:

@@ -43,6 +43,11 @@ class Invoice(TenantScoped, TimestampMixin, db.Model):
             sqlite_where=text("status <> 'void'"),
         ),
         Index("ix_invoices_tenant_status", "tenant_id", "status"),
+        # The pages, dunning and reconciliation read open balances and this month's collections constantly.
+        Index("ix_invoices_open_tenant", "tenant_id", postgresql_where=text("status = 'open'"),
+              sqlite_where=text("status = 'open'")),
+        Index("ix_invoices_paid_at", "paid_at", postgresql_where=text("status = 'paid'"),
+              sqlite_where=text("status = 'paid'")),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

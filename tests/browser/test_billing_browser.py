@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from app import stripe_gateway
 from app.extensions import db
 from app.models import Invoice, Tenant
 from app.services import billing_views, clock
@@ -168,7 +169,7 @@ def test_restricted_tenant_is_confined_to_billing(page, plans):
     assert page.url.endswith("/admin/billing")
 
 
-def test_pay_now_shows_the_decline_in_place(page, emulator, plans):
+def test_pay_now_shows_the_decline_in_place_then_pays_with_a_new_card(page, emulator, plans):
     tenant = card_tenant("pm_card_chargeCustomerFail", "Gamma Gas")
     outcome = invoice_and_charge(tenant.id, last_month()[0])
     sign_in(page, admin_email(tenant), PASSWORD)
@@ -179,6 +180,13 @@ def test_pay_now_shows_the_decline_in_place(page, emulator, plans):
     result = row.locator(".pay-result")
     expect(result).to_contain_text("The payment was declined")
     expect(result).to_be_focused()
+    expect(page.locator("#balance-due")).to_contain_text("$29.00")
+
+    stripe_gateway.attach_default_card(tenant.stripe_customer_id, "pm_card_visa", key=f"browser-{tenant.id}")
+    row.get_by_role("button", name=re.compile("Pay now")).click()
+    expect(row.locator(".pay-result")).to_contain_text("Paid — thank you.")
+    expect(row.locator(".badge")).to_have_text("paid")
+    expect(page.locator("#balance-due")).to_contain_text("$0.00")  # swapped out of band
     assert_no_reload(page)
 
 
