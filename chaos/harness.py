@@ -378,7 +378,9 @@ class ChaosRun:
                 self.redis_restarts += 1
                 restarted = True
             self._supervise()
-            if self.kills < self.max_kills and time.monotonic() >= next_kill and settled > 0:
+            # Kills are spread over the run: the k-th one waits until k/(kills+1) of the tenants are settled.
+            kill_due = settled >= total * self.kills / (self.max_kills + 1)
+            if self.kills < self.max_kills and time.monotonic() >= next_kill and settled > 0 and kill_due:
                 self._kill_one()
                 next_kill = time.monotonic() + self.rng.uniform(2, 6)
             if time.monotonic() >= next_tick:
