@@ -2,15 +2,18 @@
 
 Starts a throw-away PostgreSQL and Redis (tests/support/services.py), runs the real migrations, serves the real app
 with `gunicorn -w 1 -k gthread --threads N`, then posts N distinct, correctly signed `invoice.paid` events (the
-emulator's own event shape, ~4.8 kB of pretty-printed JSON, as Stripe sends) from a few client threads, each with
-a keep-alive requests.Session. Reports events/s (wall clock, first request to last answer) and the p99 latency,
-and checks that every event was stored once and queued once.
+emulator's own event shape, ~4.8 kB of pretty-printed JSON, as Stripe sends) from a few client threads, each on one
+keep-alive connection (http.client by default: on a small machine the clients share the CPUs with the server, and
+requests costs ~1 ms of client CPU per event; `--client requests` uses a requests.Session). Reports events/s (wall
+clock, first request to last answer), the p99 latency and the CPU each party spent per event, and checks that every
+event was stored once and queued once.
 
-Why gthread: the request is short and mostly waits on PostgreSQL (the commit) and Redis (the enqueue). Threads
-overlap those waits inside the one worker and keep client connections alive; the sync worker serves one request at
-a time and closes the connection after each, so every event would pay a TCP handshake and all the waiting in line.
+Why gthread: the request is short and mostly waits on PostgreSQL and Redis. Threads overlap those waits inside the
+one worker and keep client connections alive; the sync worker serves one request at a time and closes the
+connection after each, so every event pays a new TCP connection and all of its waiting in line (measured: lower
+throughput at the same CPU per event). Four threads were best on 2 CPUs: more only add GIL hand-offs.
 
-    .venv/bin/python -m bench.webhooks [--events 3000] [--clients 4] [--threads 8] [--worker-class gthread]
+    .venv/bin/python -m bench.webhooks [--events 3000] [--clients 4] [--threads 4] [--worker-class gthread]
 """
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -62,25 +64,56 @@ def signed_bodies(n: int, prefix: str) -> list[tuple[bytes, dict]]:
     return out
 
 
-def post_all(url: str, bodies: list[tuple[bytes, dict]], clients: int) -> tuple[float, list[float], list[int]]:
-    """Post every body from `clients` keep-alive sessions; return (wall seconds, latencies in s, statuses)."""
+def _requests_poster(url: str):
     import requests
 
+    session = requests.Session()
+    session.trust_env = False
+
+    def post(body: bytes, headers: dict) -> int:
+        return session.post(url, data=body, headers=headers, timeout=30).status_code
+
+    return post
+
+
+def _http_client_poster(url: str):
+    # The same keep-alive HTTP/1.1 requests with a fraction of requests' client CPU: on a small machine the clients
+    # share the CPUs with the server, and the figure should be the server's.
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+
+    def post(body: bytes, headers: dict) -> int:
+        conn.request("POST", parts.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+
+    return post
+
+
+POSTERS = {"http.client": _http_client_poster, "requests": _requests_poster}
+
+
+def post_all(url: str, bodies: list[tuple[bytes, dict]], clients: int, client: str = "http.client"
+             ) -> tuple[float, list[float], list[int]]:
+    """Post every body from `clients` keep-alive connections; return (wall seconds, latencies in s, statuses)."""
     latencies: list[float] = []
     statuses: list[int] = []
     lock = threading.Lock()
     barrier = threading.Barrier(clients + 1)
 
     def run(chunk):
-        session = requests.Session()
-        session.trust_env = False
+        post = POSTERS[client](url)
         mine_lat, mine_status = [], []
         barrier.wait()
         for body, headers in chunk:
             start = time.perf_counter()
-            resp = session.post(url, data=body, headers=headers, timeout=30)
+            status = post(body, headers)
             mine_lat.append(time.perf_counter() - start)
-            mine_status.append(resp.status_code)
+            mine_status.append(status)
         with lock:
             latencies.extend(mine_lat)
             statuses.extend(mine_status)
@@ -95,6 +128,24 @@ def post_all(url: str, bodies: list[tuple[bytes, dict]], clients: int) -> tuple[
     return time.perf_counter() - started, latencies, statuses
 
 
+def _cpu_seconds(match) -> float:
+    """CPU seconds (user + system) used so far by the processes whose pid and cmdline `match` accepts."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if match(int(entry), int(fields[1]), cmdline):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -104,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--clients", type=int, default=4, help="concurrent client threads (keep-alive sessions)")
-    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads in the one worker")
+    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads in the one worker")
     parser.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"))
     parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--client", default="http.client", choices=sorted(POSTERS),
+                        help="client library (both keep connections alive)")
     args, _unknown = parser.parse_known_args(argv)  # `python -m bench` passes every benchmark the same extras
 
     from flask_migrate import upgrade
@@ -142,10 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wait_port(port, timeout=30)
             url = f"http://127.0.0.1:{port}/webhooks/stripe"
-            _t, _l, warm = post_all(url, signed_bodies(args.warmup, "warm"), args.clients)
+            _t, _l, warm = post_all(url, signed_bodies(args.warmup, "warm"), args.clients, args.client)
             assert set(warm) == {200}, f"warm-up answers: {sorted(set(warm))}"
             bodies = signed_bodies(args.events, "bench")
-            elapsed, latencies, statuses = post_all(url, bodies, args.clients)
+            who = {"server": lambda pid, ppid, cmd: server.pid in (pid, ppid),
+                   "postgres": lambda pid, ppid, cmd: "bench_webhooks" in cmd,
+                   "redis": lambda pid, ppid, cmd: "redis-server" in cmd and f":{_redis_port}" in cmd}
+            cpu_before = {name: _cpu_seconds(m) for name, m in who.items()}
+            clients_before = time.process_time()
+            elapsed, latencies, statuses = post_all(url, bodies, args.clients, args.client)
+            cpu = {name: _cpu_seconds(m) - cpu_before[name] for name, m in who.items()}
+            cpu["clients"] = time.process_time() - clients_before
         finally:
             server.terminate()
             server.wait(30)
@@ -161,10 +221,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rate = args.events / elapsed
     p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
-    print(f"# {args.events} signed events, {args.clients} clients, 1 gunicorn worker ({args.worker_class}"
+    print(f"# {args.events} signed events, {args.clients} {args.client} clients, 1 gunicorn worker ({args.worker_class}"
           f"{f', {args.threads} threads' if args.worker_class == 'gthread' else ''}) on PostgreSQL, {os.cpu_count()} "
           f"CPUs shared with the clients; {elapsed:.2f} s; p50 {p50:.1f} ms, max {max(latencies) * 1000:.1f} ms; "
           f"stored {stored}, queued {queued - args.warmup}, non-200 {len(bad)}", flush=True)
+    print("# CPU ms per event: " + ", ".join(f"{name} {sec / args.events * 1000:.2f}" for name, sec in cpu.items()),
+          flush=True)
     print(f"BENCH webhook_ingest_throughput {rate:.0f} events/s")
     print(f"BENCH webhook_ingest_p99 {p99:.1f} ms")
     print(f"# targets: >= {TARGET_RATE:.0f} events/s ({'met' if rate >= TARGET_RATE else 'MISSED'}), "

@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, select, update
 from app.extensions import db, rq
 from app.models import DunningEvent, Invoice, OutboxEmail, PaymentAttempt, Tenant, WebhookEvent, utcnow
 from app.services import dunning
-from app.services.dunning import overdue_days_between, stage_for
+from app.services.dunning import stage_for
 from tests.billing_support import tenant_with_card
 from tests.conftest import run_jobs
 from tests.webhook_support import (fast_stripe_retries, hook, http, month_before,  # noqa: F401

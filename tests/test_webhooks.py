@@ -12,7 +12,6 @@ from sqlalchemy import func, select, update
 from app.extensions import db, rq
 from app.models import AttemptStatus, AuditLog, Invoice, InvoiceStatus, Tenant, WebhookEvent, utcnow
 from app.services import invoicing, webhooks
-from app.services.webhooks import EventStatus
 from tests.billing_support import add_usage, attempts_of, charges_for, invoices_of, tenant_with_card
 from tests.conftest import run_jobs
 from tests.factories import make_root, make_tenant, utc

@@ -24,7 +24,7 @@ BATCH = 200
 
 
 def reconcile_invoice(invoice_id: int, *, now: datetime | None = None) -> tuple[bool, str | None]:
-    """Re-read one invoice from Stripe and apply it (row-locked); return (anything changed, status before if it moved)."""
+    """Re-read one invoice from Stripe and apply it (row-locked); return (anything changed, old status if it moved)."""
     now = now or utcnow()
     invoice = db.session.scalar(select(Invoice).where(Invoice.id == invoice_id).with_for_update()
                                 .execution_options(populate_existing=True))

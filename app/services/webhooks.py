@@ -213,17 +213,18 @@ def process_event(event_row_id: int, *, now: datetime | None = None) -> str:
         db.session.rollback()
         return status or "missing"
     row = db.session.get(WebhookEvent, event_row_id)
-    incoming = _incoming(row, now)
-    db.session.rollback()  # end the read; handlers run their own transactions
-    handler = HANDLERS.get(incoming.type)
+    event_type, stripe_event_id = row.type, row.stripe_event_id
     try:
+        incoming = _incoming(row, now)
+        db.session.rollback()  # end the read; handlers run their own transactions
+        handler = HANDLERS.get(incoming.type)
         if handler is None:
             result = _ignored(f"event type {incoming.type} is not handled")
         else:
             result = handler(incoming)
     except Exception as err:  # noqa: BLE001 - any failure is recorded on the row and retried with back-off
         db.session.rollback()
-        log.warning("webhook event %s (%s) failed: %s", incoming.stripe_event_id, incoming.type, err,
+        log.warning("webhook event %s (%s) failed: %s", stripe_event_id, event_type, err,
                     exc_info=not isinstance(err, gateway.GatewayError))
         return _mark_failed(event_row_id, err, now)
     return _finish(event_row_id, result, now)
@@ -241,8 +242,8 @@ def _claim(row_id: int, now: datetime) -> bool:
 
 
 def _incoming(row: WebhookEvent, now: datetime) -> Incoming:
-    payload = row.payload or {}
-    data = payload.get("data") or {}
+    payload = row.payload if isinstance(row.payload, dict) else {}
+    data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
     created = payload.get("created")
     return Incoming(row_id=row.id, stripe_event_id=row.stripe_event_id, type=row.type,
                     obj=data.get("object") or {}, previous=data.get("previous_attributes") or {},
