@@ -534,3 +534,30 @@ def test_cli_replays_an_event_and_refuses_an_unknown_one(app, plans, live_server
     assert [a.action for a in db.session.scalars(select(AuditLog))] == ["webhook.replay"]
     missing = app.test_cli_runner().invoke(args=["billing", "replay-webhook", "424242"])
     assert missing.exit_code != 0 and "not found" in missing.output
+
+
+def test_a_backlog_of_events_for_one_invoice_needs_one_stripe_read(app, plans, emulator, live_server):
+    """Events created before our last re-read are already reflected: no second read of the same invoice."""
+    from tests.webhook_support import open_invoice_in_stripe
+
+    tenant = tenant_with_card(created_at=utc(2026, 1, 1))
+    invoice = open_invoice_in_stripe(tenant, 2026, 9, now=utcnow())
+    url = f"{live_server}/webhooks/stripe"
+    secret = app.config["STRIPE_WEBHOOK_SECRET"]
+    old = int(time.time()) - 120  # a backlog: these events were created two minutes ago
+    obj = {"id": invoice.stripe_invoice_id, "object": "invoice"}
+    for kind in ("invoice.finalized", "invoice.paid", "invoice.payment_succeeded"):
+        assert post_event(url, make_event(kind, obj, created=old), secret).status_code == 200
+
+    def reads():
+        return sum(1 for r in emulator.requests()
+                   if r["method"] == "GET" and r["path"] == f"/v1/invoices/{invoice.stripe_invoice_id}")
+
+    before = reads()
+    run_jobs(("webhooks",))
+    assert reads() - before == 1
+    assert {e.status for e in stored_events()} == {"processed"}
+    # A new event (created after that read) is read again: its state may be newer.
+    assert post_event(url, make_event("invoice.finalized", obj), secret).status_code == 200
+    run_jobs(("webhooks",))
+    assert reads() - before == 2

@@ -71,6 +71,8 @@ class Invoice(TenantScoped, TimestampMixin, db.Model):
     hard_decline: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     next_payment_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     disputed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # When a webhook last re-read this invoice from Stripe: later events created before it need no re-read.
+    stripe_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     lines: Mapped[list["InvoiceLine"]] = relationship(
         back_populates="invoice", order_by="InvoiceLine.id", cascade="all, delete-orphan"
