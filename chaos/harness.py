@@ -160,6 +160,7 @@ class ChaosRun:
             for _ in range(self.n_workers):
                 self.start_worker()
             stack.callback(self._stop_workers)
+            self._quiet_after_setup()
             started = time.monotonic()
             self._chaos_phase()
             self._settle_phase(started)
@@ -358,6 +359,7 @@ class ChaosRun:
             # Stripe's limit a little above our budget (ours is the one that must hold).
             self.emu.set_faults(rate_limit_per_s=self.rate_limit + 1)
         self.measure_from = time.time()
+        self.billing_drained_at: float | None = None
         self._tick()
         next_kill = time.monotonic() + self.rng.uniform(2, 5)
         next_tick = time.monotonic() + 5
@@ -368,6 +370,8 @@ class ChaosRun:
             self._watch_redrives()
             settled, total = self._progress()
             if not self.chaos:
+                if self.billing_drained_at is None and time.time() - self.measure_from > 3 and self._billing_idle():
+                    self.billing_drained_at = time.time()
                 if settled >= total:
                     break
                 if time.monotonic() >= next_tick:
@@ -396,6 +400,22 @@ class ChaosRun:
         self.emu.clear_faults()
         self.fault_counters = faults
         self.log(f"faults stopped: {faults}")
+
+    def _quiet_after_setup(self, timeout: float = 300.0) -> None:
+        """Let the set-up's own Stripe events (customers, cards) be delivered and processed before month-end."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hooks = self.emu.webhook_status()
+            if hooks.get("pending", 0) == 0 and self._idle():
+                return
+            time.sleep(0.5)
+
+    def _billing_idle(self) -> bool:
+        from rq import Queue
+        from rq.registry import StartedJobRegistry
+
+        conn = self._conn()
+        return Queue("billing", connection=conn).count == 0 and StartedJobRegistry("billing", connection=conn).count == 0
 
     def _idle(self) -> bool:
         from rq import Queue
