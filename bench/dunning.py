@@ -82,85 +82,70 @@ def main(argv: list[str] | None = None) -> int:
     # Lenient: `python -m bench` hands the same extra arguments to every benchmark.
     args, _ = parser.parse_known_args(argv or [])
 
-    from flask_migrate import upgrade
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
-    from app import create_app
     from app.extensions import db
     from app.services.dunning import OVERDUE_DAYS_SQL, run_pass
-    from app.services.seed import seed_plans
-    from tests.support.services import postgres_server
+    from bench.support import migrated_app
 
-    with postgres_server() as (base, _port):
-        admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(text("CREATE DATABASE bench_dunning"))
-        admin.dispose()
-        app = create_app({
-            "SQLALCHEMY_DATABASE_URI": f"{base}/bench_dunning", "SECRET_KEY": "bench", "TESTING": True,
-            "RATELIMIT_STORAGE_URI": "memory://", "SMTP_URL": None, "BILLING_TIMEZONE": "UTC",
-            "APP_BASE_URL": "http://127.0.0.1:5000",
-        })
-        with app.app_context():
-            upgrade()
-            seed_plans()
-            raw = db.engine.raw_connection()
-            t0 = time.perf_counter()
-            stats = load(raw.driver_connection, args.tenants)
-            raw.close()
-            print(f"# loaded {stats['tenants']} tenants, {stats['invoices']} invoices ({stats['open']} open) "
-                  f"in {time.perf_counter() - t0:.1f} s", flush=True)
+    with migrated_app("bench_dunning", APP_BASE_URL="http://127.0.0.1:5000"):
+        raw = db.engine.raw_connection()
+        t0 = time.perf_counter()
+        stats = load(raw.driver_connection, args.tenants)
+        raw.close()
+        print(f"# loaded {stats['tenants']} tenants, {stats['invoices']} invoices ({stats['open']} open) "
+              f"in {time.perf_counter() - t0:.1f} s", flush=True)
 
-            def raw_sql(as_of: date) -> float:
-                start = time.perf_counter()
-                with db.engine.connect() as conn:
-                    rows = conn.execute(text(OVERDUE_DAYS_SQL), {"as_of": as_of, "tz": "UTC"}).all()
-                elapsed = time.perf_counter() - start
-                assert len(rows) == args.tenants
-                return elapsed
-
-            # The ladder as it stood before the measured week: the first pass ever moves every overdue tenant
-            # at once (reported, not compared).
-            t0 = time.perf_counter()
-            first = run_pass(TODAY - timedelta(days=args.nights // 2 + 1), now=NOW)
-            first_s = time.perf_counter() - t0
-            db.session.remove()
-            raw_sql(TODAY)  # warm the cache for both sides alike
-
-            # A week of nights around the 15th, when the invoices of the 1st reach the reminder threshold
-            # together: most nights move almost nobody, one moves every tenant still unpaid at day 14.
-            nights = []  # (as_of, pass seconds, raw seconds, tenants moved)
-            for k in range(-(args.nights // 2), args.nights - args.nights // 2):
-                as_of = TODAY + timedelta(days=k)
-                before = raw_sql(as_of)
-                t0 = time.perf_counter()
-                result = run_pass(as_of, now=NOW + timedelta(days=k))
-                elapsed = time.perf_counter() - t0
-                db.session.remove()
-                nights.append((as_of, elapsed, min(before, raw_sql(as_of)), result.changed))
-                print(f"# night {as_of}: pass {elapsed:.3f} s, raw SQL {nights[-1][2]:.3f} s, "
-                      f"{result.changed} tenants moved, {result.emails_queued} emails queued", flush=True)
-
-            # The pass's stored days equal the raw statement's, tenant for tenant.
+        def raw_sql(as_of: date) -> float:
+            start = time.perf_counter()
             with db.engine.connect() as conn:
-                expected = dict(conn.execute(text(OVERDUE_DAYS_SQL), {"as_of": nights[-1][0], "tz": "UTC"}).all())
-                stored = dict(conn.execute(text("SELECT id, overdue_days FROM tenants")).all())
-            assert stored == expected, "run_pass and the raw SQL disagree"
+                rows = conn.execute(text(OVERDUE_DAYS_SQL), {"as_of": as_of, "tz": "UTC"}).all()
+            elapsed = time.perf_counter() - start
+            assert len(rows) == args.tenants
+            return elapsed
 
-            p = statistics.median(n[1] for n in nights)
-            r = statistics.median(n[2] for n in nights)
-            busiest = max(nights, key=lambda n: n[3])
-            n = args.tenants
-            label = f"{n // 1000}k" if n % 1000 == 0 else str(n)
-            print(f"# first pass moved {first.changed} tenants; busiest night {busiest[0]} moved {busiest[3]} "
-                  f"(rendering and queueing one email each)", flush=True)
-            print(f"BENCH dunning_pass_{label}_tenants {p:.3f} s")
-            print(f"BENCH dunning_raw_sql_{label} {r:.3f} s")
-            print(f"BENCH dunning_ratio {p / r:.2f} x")
-            print(f"BENCH dunning_pass_busiest_night_{label}_tenants {busiest[1]:.3f} s")
-            print(f"BENCH dunning_first_pass_{label}_tenants {first_s:.3f} s")
+        # The ladder as it stood before the measured week: the first pass ever moves every overdue tenant
+        # at once (reported, not compared).
+        t0 = time.perf_counter()
+        first = run_pass(TODAY - timedelta(days=args.nights // 2 + 1), now=NOW)
+        first_s = time.perf_counter() - t0
+        db.session.remove()
+        raw_sql(TODAY)  # warm the cache for both sides alike
+
+        # A week of nights around the 15th, when the invoices of the 1st reach the reminder threshold
+        # together: most nights move almost nobody, one moves every tenant still unpaid at day 14.
+        nights = []  # (as_of, pass seconds, raw seconds, tenants moved)
+        for k in range(-(args.nights // 2), args.nights - args.nights // 2):
+            as_of = TODAY + timedelta(days=k)
+            before = raw_sql(as_of)
+            t0 = time.perf_counter()
+            result = run_pass(as_of, now=NOW + timedelta(days=k))
+            elapsed = time.perf_counter() - t0
             db.session.remove()
-            db.engine.dispose()
+            nights.append((as_of, elapsed, min(before, raw_sql(as_of)), result.changed))
+            print(f"# night {as_of}: pass {elapsed:.3f} s, raw SQL {nights[-1][2]:.3f} s, "
+                  f"{result.changed} tenants moved, {result.emails_queued} emails queued", flush=True)
+
+        # The pass's stored days equal the raw statement's, tenant for tenant.
+        with db.engine.connect() as conn:
+            expected = dict(conn.execute(text(OVERDUE_DAYS_SQL), {"as_of": nights[-1][0], "tz": "UTC"}).all())
+            stored = dict(conn.execute(text("SELECT id, overdue_days FROM tenants")).all())
+        assert stored == expected, "run_pass and the raw SQL disagree"
+
+        p = statistics.median(n[1] for n in nights)
+        r = statistics.median(n[2] for n in nights)
+        busiest = max(nights, key=lambda n: n[3])
+        n = args.tenants
+        label = f"{n // 1000}k" if n % 1000 == 0 else str(n)
+        print(f"# first pass moved {first.changed} tenants; busiest night {busiest[0]} moved {busiest[3]} "
+              f"(rendering and queueing one email each)", flush=True)
+        print(f"BENCH dunning_pass_{label}_tenants {p:.3f} s")
+        print(f"BENCH dunning_raw_sql_{label} {r:.3f} s")
+        print(f"BENCH dunning_ratio {p / r:.2f} x")
+        print(f"BENCH dunning_pass_busiest_night_{label}_tenants {busiest[1]:.3f} s")
+        print(f"BENCH dunning_first_pass_{label}_tenants {first_s:.3f} s")
+        db.session.remove()
+        db.engine.dispose()
     return 0
 
 

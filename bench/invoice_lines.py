@@ -68,89 +68,75 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
 
-    from flask_migrate import upgrade
-    from sqlalchemy import create_engine, func, select, text
+    from sqlalchemy import func, select, text
 
-    from app import create_app
     from app.extensions import db
     from app.models import Invoice, InvoiceLine
     from app.services import invoicing, pricing
-    from app.services.seed import seed_plans
-    from tests.support.services import postgres_server
+    from bench.support import migrated_app
 
-    with postgres_server() as (base, _port):
-        admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(text("CREATE DATABASE bench_invoice_lines"))
-        admin.dispose()
-        app = create_app({
-            "SQLALCHEMY_DATABASE_URI": f"{base}/bench_invoice_lines", "SECRET_KEY": "bench", "TESTING": True,
-            "RATELIMIT_STORAGE_URI": "memory://", "SMTP_URL": None, "BILLING_TIMEZONE": "UTC",
-        })
-        with app.app_context():
-            upgrade()
-            seed_plans()
-            raw = db.engine.raw_connection()
-            t0 = time.perf_counter()
-            rows = load(raw.driver_connection, args.tenants)
-            raw.close()
-            print(f"# loaded {args.tenants} tenants and {rows} rollup rows in {time.perf_counter() - t0:.1f} s",
-                  flush=True)
+    with migrated_app("bench_invoice_lines"):
+        raw = db.engine.raw_connection()
+        t0 = time.perf_counter()
+        rows = load(raw.driver_connection, args.tenants)
+        raw.close()
+        print(f"# loaded {args.tenants} tenants and {rows} rollup rows in {time.perf_counter() - t0:.1f} s",
+              flush=True)
 
-            def raw_group_by() -> float:
-                start = time.perf_counter()
-                result = db.session.execute(text(RAW_GROUP_BY), {"first": FIRST, "last": LAST}).all()
-                elapsed = time.perf_counter() - start
-                assert len(result) == args.tenants * len(METRICS)
-                db.session.rollback()
-                return elapsed
-
-            def all_lines() -> tuple[float, dict]:
-                start = time.perf_counter()
-                lines = pricing.period_lines(FIRST, LAST)
-                elapsed = time.perf_counter() - start
-                db.session.rollback()
-                return elapsed, lines
-
-            raw_group_by()
-            all_lines()  # warm the cache and the code paths for both sides alike
-            raw_times, line_times = [], []
-            for _ in range(args.repeat):
-                raw_times.append(raw_group_by())
-                elapsed, lines = all_lines()
-                line_times.append(elapsed)
-            assert len(lines) == args.tenants
-            assert sum(len(t.lines) for t in lines.values()) == args.tenants * (1 + len(METRICS))
-            del lines
-
-            # Python-side allocations of one full computation (traced separately: tracing slows it down).
-            tracemalloc.start()
-            pricing.period_lines(FIRST, LAST)
-            _current, traced_peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
+        def raw_group_by() -> float:
+            start = time.perf_counter()
+            result = db.session.execute(text(RAW_GROUP_BY), {"first": FIRST, "last": LAST}).all()
+            elapsed = time.perf_counter() - start
+            assert len(result) == args.tenants * len(METRICS)
             db.session.rollback()
+            return elapsed
 
-            t0 = time.perf_counter()
-            created = invoicing.generate_invoices(YEAR, MONTH, now=NOW)
-            generate_s = time.perf_counter() - t0
-            assert created == args.tenants
-            assert db.session.scalar(select(func.count()).select_from(Invoice)) == args.tenants
-            assert db.session.scalar(select(func.count()).select_from(InvoiceLine)) == args.tenants * 4
-            peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        def all_lines() -> tuple[float, dict]:
+            start = time.perf_counter()
+            lines = pricing.period_lines(FIRST, LAST)
+            elapsed = time.perf_counter() - start
+            db.session.rollback()
+            return elapsed, lines
 
-            lines_s, raw_s = statistics.median(line_times), statistics.median(raw_times)
-            n = args.tenants
-            label = f"{n // 1000}k" if n % 1000 == 0 else str(n)
-            print("# lines " + " ".join(f"{x:.3f}" for x in line_times) + "; raw "
-                  + " ".join(f"{x:.3f}" for x in raw_times), flush=True)
-            print(f"BENCH invoice_lines_{label}_tenants {lines_s:.3f} s")
-            print(f"BENCH invoice_lines_raw_group_by_{label} {raw_s:.3f} s")
-            print(f"BENCH invoice_lines_ratio {lines_s / raw_s:.2f} x")
-            print(f"BENCH invoice_lines_peak_rss {peak_rss_mb:.1f} MB")
-            print(f"BENCH invoice_lines_traced_peak {traced_peak / 2**20:.1f} MB")
-            print(f"BENCH invoice_generate_{label}_tenants {generate_s:.3f} s")
-            db.session.remove()
-            db.engine.dispose()
+        raw_group_by()
+        all_lines()  # warm the cache and the code paths for both sides alike
+        raw_times, line_times = [], []
+        for _ in range(args.repeat):
+            raw_times.append(raw_group_by())
+            elapsed, lines = all_lines()
+            line_times.append(elapsed)
+        assert len(lines) == args.tenants
+        assert sum(len(t.lines) for t in lines.values()) == args.tenants * (1 + len(METRICS))
+        del lines
+
+        # Python-side allocations of one full computation (traced separately: tracing slows it down).
+        tracemalloc.start()
+        pricing.period_lines(FIRST, LAST)
+        _current, traced_peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        db.session.rollback()
+
+        t0 = time.perf_counter()
+        created = invoicing.generate_invoices(YEAR, MONTH, now=NOW)
+        generate_s = time.perf_counter() - t0
+        assert created == args.tenants
+        assert db.session.scalar(select(func.count()).select_from(Invoice)) == args.tenants
+        assert db.session.scalar(select(func.count()).select_from(InvoiceLine)) == args.tenants * 4
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+        lines_s, raw_s = statistics.median(line_times), statistics.median(raw_times)
+        n = args.tenants
+        label = f"{n // 1000}k" if n % 1000 == 0 else str(n)
+        print("# lines " + " ".join(f"{x:.3f}" for x in line_times) + "; raw "
+              + " ".join(f"{x:.3f}" for x in raw_times), flush=True)
+        print(f"BENCH invoice_lines_{label}_tenants {lines_s:.3f} s")
+        print(f"BENCH invoice_lines_raw_group_by_{label} {raw_s:.3f} s")
+        print(f"BENCH invoice_lines_ratio {lines_s / raw_s:.2f} x")
+        print(f"BENCH invoice_lines_peak_rss {peak_rss_mb:.1f} MB")
+        print(f"BENCH invoice_lines_traced_peak {traced_peak / 2**20:.1f} MB")
+        print(f"BENCH invoice_generate_{label}_tenants {generate_s:.3f} s")
+        db.session.remove()
+        db.engine.dispose()
     return 0
 
 

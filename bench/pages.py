@@ -136,47 +136,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=30)
     args, _others = parser.parse_known_args(argv)  # `python -m bench` passes every benchmark the same extras
 
-    from flask_migrate import upgrade
-    from sqlalchemy import create_engine, text
-
-    from app import create_app
     from app.extensions import db
     from app.models import Role, Tenant, UsageRollupDaily
     from app.services import clock
-    from app.services.seed import seed_plans
     from app.services.tenants import create_user
-    from tests.support.services import postgres_server
+    from bench.support import migrated_app
 
-    with postgres_server() as (base, _port):
-        admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(text("CREATE DATABASE bench_pages"))
-        admin.dispose()
-        app = create_app({
-            "SQLALCHEMY_DATABASE_URI": f"{base}/bench_pages", "SECRET_KEY": "bench", "TESTING": True,
-            "RATELIMIT_STORAGE_URI": "memory://", "SMTP_URL": None, "BILLING_TIMEZONE": "UTC",
-            "APP_BASE_URL": "http://127.0.0.1:5000",
-        })
-        with app.app_context():
-            upgrade()
-            seed_plans()
-            today = clock.today()
-            raw = db.engine.raw_connection()
-            t0 = time.perf_counter()
-            stats = load(raw.driver_connection, args.tenants, today)
-            raw.close()
-            print(f"# loaded {stats['tenants']} tenants, {stats['invoices']} invoices ({stats['open']} open) "
-                  f"in {time.perf_counter() - t0:.1f} s", flush=True)
-            create_user("root@example.com", "bench-password", Role.ROOT_ADMIN)
-            tenant = db.session.get(Tenant, 3)  # an enterprise tenant with usage this month
-            create_user("admin@tenant-3.example.com", "bench-password", Role.TENANT_ADMIN, tenant)
-            first, _last = clock.month_bounds(today.year, today.month)
-            for d in range((today - first).days + 1):
-                for metric, qty in (("voice_minutes", 900), ("sms_outbound", 400), ("sms_inbound", 150)):
-                    db.session.add(UsageRollupDaily(tenant_id=3, day=first + timedelta(days=d), metric=metric,
-                                                    quantity=qty))
-            db.session.commit()
-            db.session.remove()
+    with migrated_app("bench_pages", APP_BASE_URL="http://127.0.0.1:5000") as app:
+        today = clock.today()
+        raw = db.engine.raw_connection()
+        t0 = time.perf_counter()
+        stats = load(raw.driver_connection, args.tenants, today)
+        raw.close()
+        print(f"# loaded {stats['tenants']} tenants, {stats['invoices']} invoices ({stats['open']} open) "
+              f"in {time.perf_counter() - t0:.1f} s", flush=True)
+        create_user("root@example.com", "bench-password", Role.ROOT_ADMIN)
+        tenant = db.session.get(Tenant, 3)  # an enterprise tenant with usage this month
+        create_user("admin@tenant-3.example.com", "bench-password", Role.TENANT_ADMIN, tenant)
+        first, _last = clock.month_bounds(today.year, today.month)
+        for d in range((today - first).days + 1):
+            for metric, qty in (("voice_minutes", 900), ("sms_outbound", 400), ("sms_inbound", 150)):
+                db.session.add(UsageRollupDaily(tenant_id=3, day=first + timedelta(days=d), metric=metric,
+                                                quantity=qty))
+        db.session.commit()
+        db.session.remove()
 
         label = f"{args.tenants // 1000}k" if args.tenants % 1000 == 0 else str(args.tenants)
         root = app.test_client()
