@@ -91,8 +91,6 @@ def test_missing_or_wrong_api_key_is_401(client, plans):
 
 
 def test_rollup_matches_events_and_late_event_corrects_it(client, plans, app):
-    from click.testing import CliRunner  # noqa: F401  (the CLI is exercised below through app.test_cli_runner)
-
     a, b = make_tenant(), make_tenant()
     ka, kb = make_api_key(a), make_api_key(b)
     post_events(client, ka, [ev(1, qty=7), ev(2, qty=3), ev(3, "sms_outbound", 11),
