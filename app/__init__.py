@@ -18,6 +18,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         logs.configure()
     register_extensions(app)
     register_blueprints(app)
+    register_webhook_endpoint(app)
     register_error_handlers(app)
     register_commands(app)
     return app
@@ -86,6 +87,13 @@ def register_blueprints(app: Flask) -> None:
 
     for bp in (auth_bp, tenants_bp, billing_bp, system_billing_bp, api_bp, openapi_bp, webhooks_bp, ops_bp):
         app.register_blueprint(bp)
+
+
+def register_webhook_endpoint(app: Flask) -> None:
+    """Stripe's deliveries are answered in front of Flask (see app/webhooks/endpoint.py)."""
+    from app.webhooks.endpoint import StripeWebhookEndpoint
+
+    app.wsgi_app = StripeWebhookEndpoint(app, app.wsgi_app)
 
 
 def register_error_handlers(app: Flask) -> None:

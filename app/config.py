@@ -66,6 +66,7 @@ def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "REMEMBER_COOKIE_SECURE": production,
         "WTF_CSRF_HEADERS": ["X-CSRFToken", "X-CSRF-Token"],
         "WTF_CSRF_TIME_LIMIT": None,
+        "WEBHOOK_DRAINERS": int(env.get("WEBHOOK_DRAINERS", "4")),
         "SWEEPER_STALE_SECONDS": int(env.get("SWEEPER_STALE_SECONDS", "120")),
     }
     secret = env.get("SECRET_KEY")

@@ -178,6 +178,13 @@ def process_webhook_event(event_row_id: int) -> str:
 
 
 @job
+def drain_webhook_events(slot: int) -> int:
+    from app.services.webhooks import drain
+
+    return drain(slot)
+
+
+@job
 def retry_failed_webhooks() -> int:
     from app.services.webhooks import retry_failed
 

@@ -6,7 +6,6 @@ product must do about them (see Outcome).
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import orjson
 import stripe
 from flask import current_app
 
@@ -255,8 +255,9 @@ def verify_event(payload: bytes, signature: str | None, secret: str) -> dict:
         text = payload.decode("utf-8") if isinstance(payload, (bytes, bytearray)) else payload
         stripe.WebhookSignature.verify_header(text, signature, secret, stripe.Webhook.DEFAULT_TOLERANCE)
         # The event as Stripe sent it (plain JSON): a StripeObject would turn decimal strings into Decimal, which
-        # cannot be stored as JSON, and building one costs more than the rest of receiving an event.
-        event = json.loads(text)
+        # cannot be stored as JSON, and building one costs more than the rest of receiving an event. orjson
+        # parses a 5 kB event in a quarter of the stdlib's time (its errors are ValueErrors too).
+        event = orjson.loads(text)
     except stripe.SignatureVerificationError as err:
         raise ValueError(f"bad signature: {err.user_message or err}") from err
     except (ValueError, UnicodeDecodeError) as err:

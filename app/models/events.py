@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import JSON, Date, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Date, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import db
@@ -12,7 +12,12 @@ from app.models.base import BigIntPK, TenantScoped, UTCDateTime, utcnow
 
 class WebhookEvent(db.Model):
     __tablename__ = "webhook_events"
-    __table_args__ = (Index("ix_webhook_events_status", "status"),)
+    __table_args__ = (
+        Index("ix_webhook_events_status", "status"),
+        # The drainers claim the oldest pending row: this index holds just those, however long the table grows.
+        Index("ix_webhook_events_pending", "id", postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     stripe_event_id: Mapped[str] = mapped_column(String(64), unique=True)

@@ -56,8 +56,10 @@ def sweep_stuck(now: datetime | None = None) -> SweepResult:
     events = db.session.scalars(
         select(WebhookEvent.id).where(WebhookEvent.status == "pending", WebhookEvent.received_at < stale)
         .order_by(WebhookEvent.id).limit(1000)).all()
-    for event_id in events:
-        enqueue_unique("webhooks", "app.jobs.process_webhook_event", event_id, job_id=f"webhook-{event_id}")
+    if events:
+        from app.services.webhooks import wake_drainers
+
+        wake_drainers()  # they take every pending event, oldest first
     result.webhooks = len(events)
 
     if db.session.scalar(select(exists().where(OutboxEmail.status == "pending"))):

@@ -1,12 +1,16 @@
 """Stripe webhooks: verify, store once, enqueue, answer — then process every event exactly once, in any order.
 
-Receiving (`receive`, called by the view): the signature is checked on the raw body, the event is stored with
-INSERT ... ON CONFLICT DO NOTHING on its unique Stripe id — two concurrent deliveries of one event store one row —
-and only a newly stored row is queued (job `webhook-<row id>`). Nothing is decided at receipt, so it stays fast.
+Receiving (`Intake.receive`, called by the WSGI endpoint in front of Flask): the signature is checked on the raw
+body, the event is stored with INSERT ... ON CONFLICT DO NOTHING on its unique Stripe id — two concurrent
+deliveries of one event store one row — and a newly stored row wakes a drainer (job `webhook-drain-<slot>-<row
+id>` on the webhooks queue, unless that drainer's Redis flag says it is already running). Nothing is decided at
+receipt, so it stays fast: one INSERT and one Redis SET per delivery.
 
-Processing (`process_event`, on the webhooks queue): a row is claimed by moving it pending/failed → processing in
-one guarded UPDATE, so concurrent workers process it once. Handlers never trust the state in the payload: they
-re-read the object from Stripe and apply it with payments.apply_stripe_invoice, whose transitions only move
+Processing: a drainer (`drain`) claims the oldest pending row (SKIP LOCKED, so drainers share a backlog) and
+processes it, until none is left; `process_event` processes one given row (retries and replays). A row is
+claimed by moving it pending/failed → processing in one guarded UPDATE, so it is processed once, and a drainer
+processes events one after another in one job (no work horse forked per event). Handlers never trust the state
+in the payload: they re-read the object from Stripe and apply it with payments.apply_stripe_invoice, whose transitions only move
 forward, so an old `invoice.payment_failed` arriving after `invoice.paid` cannot reopen a paid invoice and any
 delivery order ends in Stripe's current state. An exception marks the row failed (attempts, last_error);
 `retry_failed` re-queues it with exponential back-off and leaves it to a person after MAX_ATTEMPTS;
@@ -19,19 +23,26 @@ a processed or ignored row (e.g. "no invoice here for in_…") is kept in `last_
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
 
-from flask import current_app
+import psycopg
+from flask import Flask, current_app
+from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import bindparam, exists, or_, select, update
+from rq import Queue
+from sqlalchemy import Engine, bindparam, exists, or_, select, update
+from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app import stripe_gateway as gateway
 from app.extensions import db, rq
+from app.logs import log_context
 from app.models import AuditLog, Invoice, InvoiceStatus, PaymentAttempt, Tenant, WebhookEvent, utcnow
 from app.services import payments
 
@@ -39,6 +50,14 @@ log = logging.getLogger(__name__)
 
 QUEUE = "webhooks"
 JOB = "app.jobs.process_webhook_event"
+DRAIN_JOB = "app.jobs.drain_webhook_events"
+#: Drainers that may run at once (WEBHOOK_DRAINERS): each is one job on the webhooks queue working through
+#: the pending events; a delivery wakes drainer `row id % DRAINERS`.
+DRAINERS = 4
+#: A drainer's "I am running" flag lives this long unless it refreshes it (a killed one is replaced after it).
+DRAINER_TTL_S = 60
+#: A drainer hands over to a fresh job after this long (jobs time out after 10 minutes).
+DRAIN_BUDGET_S = 240.0
 #: Claims of one event before it is left failed for a person (replay still works).
 MAX_ATTEMPTS = 8
 BACKOFF_BASE = timedelta(minutes=1)
@@ -83,21 +102,52 @@ class Received:
 
 # -- receiving -------------------------------------------------------------------------------------------
 
-def receive(payload: bytes, signature: str | None, *, now: datetime | None = None) -> Received:
-    """Verify a delivery on its raw body, store it once and queue its processing; InvalidEvent if not genuine."""
-    secret = current_app.config.get("STRIPE_WEBHOOK_SECRET")
-    if not secret:
-        raise RuntimeError("STRIPE_WEBHOOK_SECRET is not configured: webhooks cannot be verified")
-    try:
-        event = gateway.verify_event(payload, signature, secret)
-    except ValueError as err:
-        message = str(err)
-        raise InvalidEvent(message, "malformed_event" if message.startswith("malformed") else
-                           "invalid_signature") from err
-    fields = event_fields(event)
-    row_id = store_event(fields, now=now)
-    queued = enqueue(row_id) if row_id is not None else False
-    return Received(fields["stripe_event_id"], fields["type"], row_id, queued)
+def intake(app: Flask) -> "Intake":
+    """The app's receiving side, built on first use (after a server forks its workers) and kept on the app."""
+    found = app.extensions.get("webhook_intake")
+    if found is None:
+        with _INTAKE_LOCK:
+            found = app.extensions.get("webhook_intake")
+            if found is None:
+                found = app.extensions["webhook_intake"] = Intake(app)
+    return found
+
+
+_INTAKE_LOCK = threading.Lock()
+
+
+class Intake:
+    """Receiving bound once per app: the signing secret, where events are stored, the queue that processes them.
+
+    Built once so that a delivery pays for none of the app's per-request machinery: the webhook endpoint
+    (app/webhooks/endpoint.py) calls it straight from WSGI, without an app context.
+    """
+
+    def __init__(self, app: Flask) -> None:
+        self.secret = app.config.get("STRIPE_WEBHOOK_SECRET")
+        self.drainers = max(1, int(app.config.get("WEBHOOK_DRAINERS", DRAINERS)))
+        with app.app_context():
+            engine = db.engine
+            self.redis = rq.connection
+        self.store = PgEventStore(engine) if engine.dialect.name == "postgresql" else CoreEventStore(engine)
+
+    def receive(self, payload: bytes, signature: str | None, *, now: datetime | None = None) -> Received:
+        """Verify a delivery on its raw body, store it once and queue its processing; InvalidEvent if not genuine."""
+        if not self.secret:
+            raise RuntimeError("STRIPE_WEBHOOK_SECRET is not configured: webhooks cannot be verified")
+        try:
+            text = payload.decode("utf-8") if isinstance(payload, (bytes, bytearray)) else payload
+            event = gateway.verify_event(text, signature, self.secret)
+        except UnicodeDecodeError as err:
+            raise InvalidEvent(f"malformed body: {err}", "malformed_event") from err
+        except ValueError as err:
+            message = str(err)
+            raise InvalidEvent(message, "malformed_event" if message.startswith("malformed") else
+                               "invalid_signature") from err
+        fields = event_fields(event)
+        row_id = self.store.insert(fields, text, now or utcnow())
+        queued = wake_drainer(self.redis, row_id % self.drainers, str(row_id)) if row_id is not None else False
+        return Received(fields["stripe_event_id"], fields["type"], row_id, queued)
 
 
 def event_fields(event: Any) -> dict[str, Any]:
@@ -127,48 +177,144 @@ def _customer_of(obj: dict) -> str | None:
     return ref if isinstance(ref, str) and ref else None
 
 
-_STORE: dict[str, Any] = {}
+class PgEventStore:
+    """Store an event once on PostgreSQL: one prepared INSERT ... ON CONFLICT DO NOTHING RETURNING id.
+
+    The statement goes straight to psycopg on connections of its own, taken from the app's engine (so they are
+    configured like every other) and detached from its pool. Going around SQLAlchemy's pool and statement
+    machinery is what makes receipt cheap: the pool's pre-ping alone is a second round trip, and executing a
+    Core statement costs several times the INSERT itself (bench/webhooks.py). A connection found broken is
+    replaced and the INSERT tried once more (harmless: it is idempotent by the event id). The body is stored
+    verbatim, exactly as Stripe signed it. The tenant is resolved in the same statement from the customer.
+    """
+
+    SQL = ("INSERT INTO webhook_events (stripe_event_id, type, object_id, tenant_id, payload, status, attempts, "
+           "received_at) VALUES (%(stripe_event_id)s, %(type)s, %(object_id)s, "
+           "(SELECT id FROM tenants WHERE stripe_customer_id = %(customer)s), %(payload)s::json, 'pending', 0, "
+           "%(received_at)s) ON CONFLICT (stripe_event_id) DO NOTHING RETURNING id")
+    #: Idle connections kept between deliveries (one per concurrent delivery is enough; extras are closed).
+    KEEP_IDLE = 8
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._idle: list = []
+        self._lock = threading.Lock()
+        # The app's engine being disposed (shutdown, tests) closes these connections too.
+        sa_event.listen(engine, "engine_disposed", lambda _engine: self.close())
+
+    def insert(self, fields: dict[str, Any], text: str, received_at: datetime) -> int | None:
+        params = {"stripe_event_id": fields["stripe_event_id"], "type": fields["type"],
+                  "object_id": fields["object_id"], "customer": fields.get("customer"), "payload": text,
+                  "received_at": received_at}
+        for attempt in (1, 2):
+            conn = self._checkout()
+            try:
+                row = conn.execute(self.SQL, params, prepare=True).fetchone()
+            except psycopg.OperationalError:
+                conn.close()  # the server went away or restarted: a fresh connection, once
+                if attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            self._checkin(conn)
+            return row[0] if row else None
+        raise AssertionError("unreachable")
+
+    def _checkout(self):
+        with self._lock:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed and not conn.broken:
+                    return conn
+        fairy = self._engine.raw_connection()
+        fairy.detach()  # ours from now on: never returned to (or counted by) the engine's pool
+        conn = fairy.dbapi_connection
+        conn.autocommit = True  # one statement, committed by itself: no BEGIN/COMMIT round trips
+        return conn
+
+    def _checkin(self, conn) -> None:
+        with self._lock:
+            if len(self._idle) < self.KEEP_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
-def _store_statement():
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, built once per dialect (half the CPU of building it per call)."""
-    dialect = db.engine.dialect.name
-    stmt = _STORE.get(dialect)
-    if stmt is None:
+class CoreEventStore:
+    """Store an event once on any other database (the embedded SQLite): the same INSERT as a Core statement."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
         events, tenants = WebhookEvent.__table__, Tenant.__table__
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = (insert(events)
-                .values(stripe_event_id=bindparam("stripe_event_id"), type=bindparam("type"),
-                        object_id=bindparam("object_id"),
-                        # Resolved in the same statement (one round trip); an unknown customer leaves it NULL.
-                        tenant_id=select(tenants.c.id).where(tenants.c.stripe_customer_id == bindparam("customer"))
-                        .scalar_subquery(),
-                        payload=bindparam("payload", type_=events.c.payload.type),
-                        status=EventStatus.PENDING.value, attempts=0,
-                        received_at=bindparam("received_at", type_=events.c.received_at.type))
-                .on_conflict_do_nothing(index_elements=["stripe_event_id"])
-                .returning(events.c.id))
-        _STORE[dialect] = stmt
-    return stmt
+        insert = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+        self._stmt = (insert(events)
+                      .values(stripe_event_id=bindparam("stripe_event_id"), type=bindparam("type"),
+                              object_id=bindparam("object_id"),
+                              tenant_id=select(tenants.c.id)
+                              .where(tenants.c.stripe_customer_id == bindparam("customer")).scalar_subquery(),
+                              payload=bindparam("payload", type_=events.c.payload.type),
+                              status=EventStatus.PENDING.value, attempts=0,
+                              received_at=bindparam("received_at", type_=events.c.received_at.type))
+                      .on_conflict_do_nothing(index_elements=["stripe_event_id"])
+                      .returning(events.c.id))
+
+    def insert(self, fields: dict[str, Any], text: str, received_at: datetime) -> int | None:
+        params = {"stripe_event_id": fields["stripe_event_id"], "type": fields["type"],
+                  "object_id": fields["object_id"], "customer": fields.get("customer"),
+                  "payload": fields["payload"], "received_at": received_at}
+        # The conflict clause waits for a concurrent insert of the same id to commit, then answers "no row".
+        with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            return conn.execute(self._stmt, params).scalar_one_or_none()
 
 
-def store_event(fields: dict[str, Any], *, now: datetime | None = None) -> int | None:
-    """Store an event once by its Stripe id; return the new row's id, or None when it was stored before."""
-    params = {"stripe_event_id": fields["stripe_event_id"], "type": fields["type"], "object_id": fields["object_id"],
-              "customer": fields.get("customer"), "payload": fields["payload"], "received_at": now or utcnow()}
-    # One autocommitted statement on a plain connection: no BEGIN/COMMIT round trips, no ORM session. The
-    # conflict clause waits for a concurrent insert of the same id to commit, then answers "no row".
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        return conn.execute(_store_statement(), params).scalar_one_or_none()
+def wake_drainer(connection: Redis, slot: int, tag: str) -> bool:
+    """See that drainer `slot` is running (start its job unless its flag says it is); False if Redis is down.
+
+    One SET NX per delivery while a drainer is at work: queuing a job per event would cost receipt more than
+    storing it. A stored event whose wake-up failed is still pending: the sweeper wakes the drainers for it.
+    """
+    try:
+        if connection.set(_drainer_flag(slot), "1", nx=True, ex=DRAINER_TTL_S):
+            start_drainer(connection, slot, tag)
+    except RedisError:
+        log.exception("could not wake webhook drainer %s; the sweeper will", slot)
+        return False
+    return True
+
+
+def wake_drainers() -> int:
+    """Start every drainer that is not running (the sweeper's call for events left pending); return how many."""
+    started = 0
+    for slot in range(max(1, int(current_app.config.get("WEBHOOK_DRAINERS", DRAINERS)))):
+        if rq.connection.set(_drainer_flag(slot), "1", nx=True, ex=DRAINER_TTL_S):
+            start_drainer(rq.connection, slot, f"sweep-{time.time_ns() // 1_000_000}")
+            started += 1
+    return started
+
+
+def start_drainer(connection: Redis, slot: int, tag: str) -> None:
+    Queue(QUEUE, connection=connection).enqueue(
+        DRAIN_JOB, slot, job_id=f"webhook-drain-{slot}-{tag}", result_ttl=600, failure_ttl=7 * 86400,
+        job_timeout=600)
+
+
+def _drainer_flag(slot: int) -> str:
+    return f"servicepro:webhooks:drainer:{slot}"
 
 
 def enqueue(row_id: int) -> bool:
-    """Queue an event's processing; False (logged) when Redis is unavailable — retry_failed queues it later."""
+    """Queue one event's own processing job; False (logged) when Redis is unavailable (the sweep retries)."""
     try:
-        pipe = rq.connection.pipeline()
         rq.queue(QUEUE).enqueue(JOB, row_id, job_id=f"webhook-{row_id}", result_ttl=3600, failure_ttl=7 * 86400,
-                                job_timeout=600, pipeline=pipe)
-        pipe.execute()  # the job and its queue entry in one round trip
+                                job_timeout=600)
     except RedisError:
         log.exception("could not queue webhook event %s; the retry sweep will", row_id)
         return False
@@ -212,6 +358,10 @@ def process_event(event_row_id: int, *, now: datetime | None = None) -> str:
         status = db.session.scalar(select(WebhookEvent.status).where(WebhookEvent.id == event_row_id))
         db.session.rollback()
         return status or "missing"
+    return _process_claimed(event_row_id, now)
+
+
+def _process_claimed(event_row_id: int, now: datetime) -> str:
     row = db.session.get(WebhookEvent, event_row_id)
     event_type, stripe_event_id = row.type, row.stripe_event_id
     try:
@@ -228,6 +378,60 @@ def process_event(event_row_id: int, *, now: datetime | None = None) -> str:
                     exc_info=not isinstance(err, gateway.GatewayError))
         return _mark_failed(event_row_id, err, now)
     return _finish(event_row_id, result, now)
+
+
+def drain(slot: int, *, now: datetime | None = None, budget_s: float = DRAIN_BUDGET_S) -> int:
+    """Process pending events, oldest first, until none is left (a drainer's job); return how many it processed.
+
+    Any drainer takes any pending event (claimed with SKIP LOCKED), so the running drainers share a backlog.
+    Before it stops, a drainer lets go of its slot and looks once more: an event stored after its last claim
+    but before the release found the slot taken and started nobody, so the drainer takes the slot back and
+    goes on (or, if someone else took it, leaves the event to them). Past its time budget it hands the slot to
+    a fresh job, so one drain never runs into the job timeout and the worker gets to its other queues.
+    """
+    connection, flag = rq.connection, _drainer_flag(slot)
+    started = refreshed = time.monotonic()
+    handled = 0
+    while True:
+        row_id = _claim_next(now or utcnow())
+        if row_id is None:
+            connection.delete(flag)
+            if not _pending_exists():
+                return handled
+            if not connection.set(flag, "1", nx=True, ex=DRAINER_TTL_S):
+                return handled  # a new drainer has the slot and will take it
+            continue
+        with log_context(webhook_event_id=row_id):
+            _process_claimed(row_id, now or utcnow())
+        handled += 1
+        elapsed = time.monotonic() - started
+        if elapsed > budget_s:
+            connection.set(flag, "1", ex=DRAINER_TTL_S)
+            start_drainer(connection, slot, f"next-{time.time_ns() // 1_000_000}")
+            return handled
+        if time.monotonic() - refreshed > DRAINER_TTL_S / 4:
+            connection.expire(flag, DRAINER_TTL_S)  # still here: ingestion must not start a second one
+            refreshed = time.monotonic()
+
+
+def _claim_next(now: datetime) -> int | None:
+    """Claim the oldest pending event nobody else is claiming (its row lock skipped by the others)."""
+    t = WebhookEvent.__table__
+    oldest = (select(t.c.id).where(t.c.status == EventStatus.PENDING).order_by(t.c.id).limit(1)
+              .with_for_update(skip_locked=True).scalar_subquery())
+    claimed = db.session.execute(
+        update(t).where(t.c.id == oldest, t.c.status == EventStatus.PENDING)
+        .values(status=EventStatus.PROCESSING.value, attempts=t.c.attempts + 1, processed_at=now)
+        .returning(t.c.id)).scalar()
+    db.session.commit()
+    return claimed
+
+
+def _pending_exists() -> bool:
+    t = WebhookEvent.__table__
+    found = db.session.scalar(select(exists().where(t.c.status == EventStatus.PENDING)))
+    db.session.rollback()
+    return bool(found)
 
 
 def _claim(row_id: int, now: datetime) -> bool:
