@@ -4,12 +4,12 @@ from __future__ import annotations
 import socket
 from urllib.parse import urlsplit
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from app.extensions import db
 from app.services import webhooks
 from app.webhooks.endpoint import MAX_BODY
-from tests.conftest import base_config
+from tests.conftest import base_config, run_jobs
 from tests.webhook_support import http, make_event, post_event, signed, stored_events
 
 
@@ -77,24 +77,29 @@ def test_an_unreachable_database_is_500_so_stripe_delivers_again(redis_url):
     assert resp.status_code == 500 and resp.get_json()["error"]["code"] == "internal_error"
 
 
-def test_the_embedded_sqlite_database_stores_each_event_once(tmp_path, redis_url):
+def test_the_embedded_sqlite_database_stores_each_event_once_and_drains_it(tmp_path, redis_url):
+    import redis as redis_lib
     from flask_migrate import upgrade
 
     from app import create_app
 
     lite = create_app(base_config(f"sqlite:///{tmp_path / 'lite.db'}", redis_url))
-    with lite.app_context():
-        upgrade()
-    assert isinstance(webhooks.intake(lite).store, webhooks.CoreEventStore)
-    event = an_event()
-    body, headers = signed(event, lite.config["STRIPE_WEBHOOK_SECRET"])
-    client = lite.test_client()
-    first = client.post("/webhooks/stripe", data=body, headers=headers)
-    again = client.post("/webhooks/stripe", data=body, headers=headers)
-    assert first.status_code == again.status_code == 200
-    assert (first.get_json()["duplicate"], again.get_json()["duplicate"]) == (False, True)
-    engine = create_engine(f"sqlite:///{tmp_path / 'lite.db'}")
-    with engine.connect() as conn:
-        rows = conn.execute(text("select stripe_event_id, status from webhook_events")).all()
-    engine.dispose()
-    assert rows == [(event["id"], "pending")]
+    try:
+        with lite.app_context():
+            upgrade()
+        assert isinstance(webhooks.intake(lite).store, webhooks.CoreEventStore)
+        event = an_event()
+        body, headers = signed(event, lite.config["STRIPE_WEBHOOK_SECRET"])
+        client = lite.test_client()
+        first = client.post("/webhooks/stripe", data=body, headers=headers)
+        again = client.post("/webhooks/stripe", data=body, headers=headers)
+        assert first.status_code == again.status_code == 200
+        assert (first.get_json()["duplicate"], again.get_json()["duplicate"]) == (False, True)
+        with lite.app_context():
+            run_jobs()  # the drainer the first delivery woke
+            rows = db.session.execute(text("select stripe_event_id, status, attempts from webhook_events")).all()
+            db.session.remove()
+            db.engine.dispose()
+        assert rows == [(event["id"], "ignored", 1)]  # an invoice we do not have: recorded, processed once
+    finally:
+        redis_lib.Redis.from_url(redis_url).flushdb()  # its drainer flags: only the `app` fixture flushes Redis

@@ -207,45 +207,46 @@ class PgEventStore:
                   "object_id": fields["object_id"], "customer": fields.get("customer"), "payload": text,
                   "received_at": received_at}
         for attempt in (1, 2):
-            conn = self._checkout()
+            cursor = self._checkout()
             try:
-                row = conn.execute(self.SQL, params, prepare=True).fetchone()
+                row = cursor.execute(self.SQL, params, prepare=True).fetchone()
             except psycopg.OperationalError:
-                conn.close()  # the server went away or restarted: a fresh connection, once
+                cursor.connection.close()  # the server went away or restarted: a fresh connection, once
                 if attempt == 2:
                     raise
                 continue
             except BaseException:
-                conn.close()
+                cursor.connection.close()
                 raise
-            self._checkin(conn)
+            self._checkin(cursor)
             return row[0] if row else None
         raise AssertionError("unreachable")
 
-    def _checkout(self):
+    def _checkout(self) -> psycopg.Cursor:
+        """An idle connection's cursor (kept with it: one cursor object less per delivery), or a new one."""
         with self._lock:
             while self._idle:
-                conn = self._idle.pop()
-                if not conn.closed and not conn.broken:
-                    return conn
+                cursor = self._idle.pop()
+                if not cursor.connection.closed and not cursor.connection.broken:
+                    return cursor
         fairy = self._engine.raw_connection()
         fairy.detach()  # ours from now on: never returned to (or counted by) the engine's pool
         conn = fairy.dbapi_connection
         conn.autocommit = True  # one statement, committed by itself: no BEGIN/COMMIT round trips
-        return conn
+        return conn.cursor()
 
-    def _checkin(self, conn) -> None:
+    def _checkin(self, cursor: psycopg.Cursor) -> None:
         with self._lock:
             if len(self._idle) < self.KEEP_IDLE:
-                self._idle.append(conn)
+                self._idle.append(cursor)
                 return
-        conn.close()
+        cursor.connection.close()
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        for cursor in idle:
+            cursor.connection.close()
 
 
 class CoreEventStore:
