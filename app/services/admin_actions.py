@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import select
 
 from app.extensions import db
@@ -103,7 +102,7 @@ def exempt_tenant(tenant_id: int, until: date | None, actor: User | int, reason:
     return ActionResult("dunning_exempt", tenant_id, audit_id, stage.value)
 
 
-def retry_payment_now(invoice_id: int, actor: User | int, reason: str, *, inline: bool | None = None,
+def retry_payment_now(invoice_id: int, actor: User | int, reason: str, *, inline: bool = False,
                       now: datetime | None = None) -> ActionResult:
     """Charge an open invoice again now (queued on the billing queue, or inline); commits."""
     now = now or utcnow()
@@ -113,7 +112,6 @@ def retry_payment_now(invoice_id: int, actor: User | int, reason: str, *, inline
     if invoice.status != InvoiceStatus.OPEN:
         raise ActionError(f"invoice {invoice.number or invoice.id} is {invoice.status}, not open")
     tenant_id = invoice.tenant_id
-    inline = current_app.config.get("RUN_JOBS_INLINE", False) if inline is None else inline
     row = _audit(actor_id, tenant_id, "payment_retry", why, {"invoice_id": invoice_id, "inline": inline}, now)
     audit_id = row.id
     db.session.commit()

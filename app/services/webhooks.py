@@ -10,9 +10,9 @@ Processing: a drainer (`drain`) claims the oldest pending row (SKIP LOCKED, so d
 processes it, until none is left; `process_event` processes one given row (retries and replays). A row is
 claimed by moving it pending/failed → processing in one guarded UPDATE, so it is processed once, and a drainer
 processes events one after another in one job (no work horse forked per event). Handlers never trust the state
-in the payload: they re-read the object from Stripe and apply it with payments.apply_stripe_invoice, whose transitions only move
-forward, so an old `invoice.payment_failed` arriving after `invoice.paid` cannot reopen a paid invoice and any
-delivery order ends in Stripe's current state. An exception marks the row failed (attempts, last_error);
+in the payload: they re-read the object from Stripe and apply it with payments.apply_stripe_invoice, whose
+transitions only move forward, so an old `invoice.payment_failed` arriving after `invoice.paid` cannot reopen a
+paid invoice and any delivery order ends in Stripe's current state. An exception marks the row failed (attempts, last_error);
 `retry_failed` re-queues it with exponential back-off and leaves it to a person after MAX_ATTEMPTS;
 `replay_event` is the root admin's button.
 
