@@ -32,10 +32,14 @@ def wants_json() -> bool:
     return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
 
 
+def error_body(status: int, message: str, code: str | None = None, fields: dict | None = None) -> dict:
+    """The contract's one JSON error shape, as a dict."""
+    return {"error": {"code": code or CODES.get(status, "error"), "message": message, "fields": fields or {}}}
+
+
 def json_error(status: int, message: str, code: str | None = None, fields: dict | None = None):
     """Render the contract's one JSON error shape."""
-    body = {"error": {"code": code or CODES.get(status, "error"), "message": message, "fields": fields or {}}}
-    return jsonify(body), status
+    return jsonify(error_body(status, message, code, fields)), status
 
 
 def init_app(app: Flask) -> None:

@@ -12,9 +12,9 @@ claimed by moving it pending/failed → processing in one guarded UPDATE, so it 
 processes events one after another in one job (no work horse forked per event). Handlers never trust the state
 in the payload: they re-read the object from Stripe and apply it with payments.apply_stripe_invoice, whose
 transitions only move forward, so an old `invoice.payment_failed` arriving after `invoice.paid` cannot reopen a
-paid invoice and any delivery order ends in Stripe's current state. An exception marks the row failed (attempts, last_error);
-`retry_failed` re-queues it with exponential back-off and leaves it to a person after MAX_ATTEMPTS;
-`replay_event` is the root admin's button.
+paid invoice and any delivery order ends in Stripe's current state. An exception marks the row failed
+(attempts, last_error); `retry_failed` re-queues it with exponential back-off and leaves it to a person after
+MAX_ATTEMPTS; `replay_event` is the root admin's button.
 
 Row lifecycle: pending → processing → processed | ignored | failed. `attempts` counts claims; `processed_at` is
 when the last attempt started or ended (for a failed row: when it failed, the start of its back-off). A note on
@@ -125,7 +125,7 @@ class Intake:
 
     def __init__(self, app: Flask) -> None:
         self.secret = app.config.get("STRIPE_WEBHOOK_SECRET")
-        self.drainers = max(1, int(app.config.get("WEBHOOK_DRAINERS", DRAINERS)))
+        self.drainers = drainer_count(app)
         with app.app_context():
             engine = db.engine
             self.redis = rq.connection
@@ -283,8 +283,7 @@ def wake_drainer(connection: Redis, slot: int, tag: str) -> bool:
     storing it. A stored event whose wake-up failed is still pending: the sweeper wakes the drainers for it.
     """
     try:
-        if connection.set(_drainer_flag(slot), "1", nx=True, ex=DRAINER_TTL_S):
-            start_drainer(connection, slot, tag)
+        _start_unless_running(connection, slot, tag)
     except RedisError:
         log.exception("could not wake webhook drainer %s; the sweeper will", slot)
         return False
@@ -293,12 +292,20 @@ def wake_drainer(connection: Redis, slot: int, tag: str) -> bool:
 
 def wake_drainers() -> int:
     """Start every drainer that is not running (the sweeper's call for events left pending); return how many."""
-    started = 0
-    for slot in range(max(1, int(current_app.config.get("WEBHOOK_DRAINERS", DRAINERS)))):
-        if rq.connection.set(_drainer_flag(slot), "1", nx=True, ex=DRAINER_TTL_S):
-            start_drainer(rq.connection, slot, f"sweep-{time.time_ns() // 1_000_000}")
-            started += 1
-    return started
+    tag = f"sweep-{time.time_ns() // 1_000_000}"
+    return sum(_start_unless_running(rq.connection, slot, tag) for slot in range(drainer_count(current_app)))
+
+
+def drainer_count(app: Flask) -> int:
+    return max(1, int(app.config.get("WEBHOOK_DRAINERS", DRAINERS)))
+
+
+def _start_unless_running(connection: Redis, slot: int, tag: str) -> bool:
+    """Take drainer `slot`'s flag and queue its job; False when the flag says it is running already."""
+    if not connection.set(_drainer_flag(slot), "1", nx=True, ex=DRAINER_TTL_S):
+        return False
+    start_drainer(connection, slot, tag)
+    return True
 
 
 def start_drainer(connection: Redis, slot: int, tag: str) -> None:
@@ -420,12 +427,7 @@ def _claim_next(now: datetime) -> int | None:
     t = WebhookEvent.__table__
     oldest = (select(t.c.id).where(t.c.status == EventStatus.PENDING).order_by(t.c.id).limit(1)
               .with_for_update(skip_locked=True).scalar_subquery())
-    claimed = db.session.execute(
-        update(t).where(t.c.id == oldest, t.c.status == EventStatus.PENDING)
-        .values(status=EventStatus.PROCESSING.value, attempts=t.c.attempts + 1, processed_at=now)
-        .returning(t.c.id)).scalar()
-    db.session.commit()
-    return claimed
+    return _claim_where(now, t.c.id == oldest, t.c.status == EventStatus.PENDING)
 
 
 def _pending_exists() -> bool:
@@ -436,14 +438,20 @@ def _pending_exists() -> bool:
 
 
 def _claim(row_id: int, now: datetime) -> bool:
+    t = WebhookEvent.__table__
+    return _claim_where(now, t.c.id == row_id, t.c.status.in_((EventStatus.PENDING, EventStatus.FAILED))) is not None
+
+
+def _claim_where(now: datetime, *conditions) -> int | None:
+    """Move the row the conditions pick to processing (one more attempt), committed; its id, or None if none."""
     # The status guard is the lock: of two workers, the second's UPDATE matches no row once the first committed.
     t = WebhookEvent.__table__
     claimed = db.session.execute(
-        update(t).where(t.c.id == row_id, t.c.status.in_((EventStatus.PENDING, EventStatus.FAILED)))
+        update(t).where(*conditions)
         .values(status=EventStatus.PROCESSING.value, attempts=t.c.attempts + 1, processed_at=now)
-        .returning(t.c.id)).first()
+        .returning(t.c.id)).scalar()
     db.session.commit()
-    return claimed is not None
+    return claimed
 
 
 def _incoming(row: WebhookEvent, now: datetime) -> Incoming:

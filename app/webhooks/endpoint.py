@@ -19,7 +19,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import get_input_stream
 
-from app.errors import CODES
+from app.errors import error_body
 from app.services import webhooks
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,8 @@ def answer(app: Flask, body: bytes, signature: str | None) -> tuple[int, dict]:
     try:
         received = webhooks.intake(app).receive(body, signature)
     except webhooks.InvalidEvent as err:
-        return 400, error_body(err.code, str(err))
+        return 400, error_body(400, str(err), err.code)
     return 200, {"received": True, "duplicate": received.duplicate}
-
-
-def error_body(code: str, message: str) -> dict:
-    """The contract's one error shape."""
-    return {"error": {"code": code, "message": message, "fields": {}}}
 
 
 class StripeWebhookEndpoint:
@@ -77,21 +72,21 @@ class StripeWebhookEndpoint:
         except ValueError:
             length = -1
         if length < 0:
-            return 400, error_body(CODES[400], "invalid Content-Length header")
+            return 400, error_body(400, "invalid Content-Length header")
         if length > MAX_BODY:
-            return 413, error_body(CODES[413], f"a Stripe event is at most {MAX_BODY} bytes")
+            return 413, error_body(413, f"a Stripe event is at most {MAX_BODY} bytes")
         try:
             # werkzeug's stream handles chunked bodies and a Content-Length that lies, both ways.
             body = get_input_stream(environ, max_content_length=MAX_BODY).read(MAX_BODY + 1)
         except RequestEntityTooLarge:
-            return 413, error_body(CODES[413], f"a Stripe event is at most {MAX_BODY} bytes")
+            return 413, error_body(413, f"a Stripe event is at most {MAX_BODY} bytes")
         except BadRequest:
             body = b""
         if environ.get("CONTENT_LENGTH") and len(body) != length:
-            return 400, error_body(CODES[400], "the body ended before its Content-Length")
+            return 400, error_body(400, "the body ended before its Content-Length")
         try:
             return answer(self.app, body, environ.get("HTTP_STRIPE_SIGNATURE"))
         except Exception:  # noqa: BLE001 - Stripe retries any non-2xx answer (a stored one is then a duplicate)
             log.exception("could not receive a Stripe webhook")
-            return 500, error_body(CODES[500], "Something went wrong on our side; Stripe will deliver it again.")
+            return 500, error_body(500, "Something went wrong on our side; Stripe will deliver it again.")
 
