@@ -10,7 +10,7 @@ from typing import Callable
 from flask import Flask, abort, current_app, flash, g, redirect, request, url_for
 from flask_login import current_user
 
-from app.extensions import db, login_manager
+from app.extensions import login_manager
 
 PUBLIC, TENANT, API = "public", "tenant", "api"
 
@@ -37,21 +37,11 @@ def view_policy(endpoint: str | None) -> tuple[str, bool]:
 
 
 @login_manager.user_loader
-def load_user(session_id: str):
-    from app.models import Tenant, TenantStatus, User
+def load_user(session_key: str):
+    """The user of a live server-side session (app/services/sessions.py); None signs the browser out."""
+    from app.services.sessions import user_for_session
 
-    try:
-        user_id, version = (int(x) for x in session_id.split(":"))
-    except ValueError:
-        return None
-    user = db.session.get(User, user_id, execution_options={"skip_tenant_scope": True})
-    if user is None or not user.active or user.session_version != version:
-        return None  # disabled or revoked: the session dies on the next request
-    if not user.is_root:
-        tenant = db.session.get(Tenant, user.tenant_id, execution_options={"skip_tenant_scope": True})
-        if tenant is None or tenant.status != TenantStatus.ACTIVE:
-            return None
-    return user
+    return user_for_session(session_key)
 
 
 def _deny_unauthenticated():
@@ -105,6 +95,13 @@ def _fresh_request_state() -> None:
 
 
 def init_app(app: Flask) -> None:
+    from app.proxies import TrustedProxies, trusted_networks
+
+    # Who is calling: behind configured proxies, request.remote_addr (throttling, session records) is the
+    # client's address taken from X-Forwarded-For; otherwise the header is ignored.
+    networks = trusted_networks(app.config.get("TRUSTED_PROXIES"))
+    if networks:
+        app.wsgi_app = TrustedProxies(app.wsgi_app, networks)
     app.before_request(_fresh_request_state)
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Please sign in to continue."

@@ -123,7 +123,10 @@ def sign_in(app, client, email: str) -> None:
 
     with app.app_context():
         user = db.session.scalar(db.select(User).where(User.email == email))
-        session_id = user.get_id()
+        from app.services.sessions import start_session
+
+        session_id = start_session(user)  # a server-side session row, as signing in makes
+        db.session.commit()
         db.session.remove()
     with client.session_transaction() as sess:
         sess["_user_id"] = session_id

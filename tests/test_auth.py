@@ -106,3 +106,22 @@ def test_root_creates_tenant_from_page_and_key_is_shown_once(client, plans, app)
     # The new admin can sign in.
     client.post("/logout", data={"csrf_token": page_csrf(client, "/admin/tenants")})
     assert login(client, "boss@zed.example.com", "long-enough-pw").status_code == 302
+
+
+def test_tenant_form_refuses_a_malformed_billing_email(client, plans, app):
+    from app.extensions import db
+    from app.models import Tenant
+
+    make_root()
+    login(client, "root@example.com")
+    token = page_csrf(client, "/admin/tenants/new")
+    form = {"csrf_token": token, "name": "Zed Electric", "plan": "pro", "admin_email": "boss@zed.example.com",
+            "admin_password": "long-enough-pw"}
+    bad = client.post("/admin/tenants/new", data={**form, "billing_email": "accounts at zed"})
+    body = bad.get_data(as_text=True)
+    assert bad.status_code == 422 and "Enter a valid billing email address" in body
+    assert 'value="accounts at zed"' in body and 'value="Zed Electric"' in body  # the form keeps what was typed
+    assert db.session.query(Tenant).count() == 0
+    ok = client.post("/admin/tenants/new", data={**form, "billing_email": " Accounts@Zed.example.com "})
+    assert ok.status_code == 200
+    assert db.session.query(Tenant).one().billing_email == "accounts@zed.example.com"

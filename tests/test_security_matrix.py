@@ -4,20 +4,21 @@
 - every tenant route given another tenant's ids → 404 (or their own data only) and nothing changed;
 - every session POST without a CSRF token → refused and nothing changed;
 - no GET changes state;
-- security headers on pages.
+- security headers on pages;
+- the API-key revoke route: tenant-only, CSRF-checked; bad query values never 500.
 """
 from __future__ import annotations
 
 from datetime import date
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from app.access import API, PUBLIC, TENANT
 from app.extensions import db
-from app.models import Invoice, InvoiceLine, WebhookEvent
-from tests.conftest import login, page_csrf
-from tests.factories import admin_email, make_root, make_tenant, utc
+from app.models import ApiKey, Invoice, InvoiceLine, WebhookEvent
+from tests.conftest import csrf_from, login, page_csrf
+from tests.factories import admin_email, make_api_key, make_root, make_tenant, utc
 
 # Routes that authenticate themselves without a session cookie (no CSRF possible or needed).
 CSRF_EXEMPT = {"api.usage_events", "webhooks.stripe_webhook"}
@@ -34,6 +35,9 @@ def fingerprint() -> dict[str, str]:
     for t in tables:
         if t == "users":
             q = "select md5(coalesce(string_agg((id, email, role, active, session_version)::text, ',' order by id), '')) from users"
+        elif t == "user_sessions":  # last_seen_at is bookkeeping (written at most once a minute by any request)
+            q = ("select md5(coalesce(string_agg((id, user_id, revoked_at)::text, ',' order by id), '')) "
+                 "from user_sessions")
         else:
             q = f'select md5(coalesce(string_agg(x::text, \',\' order by x::text), \'\')) from "{t}" x'
         out[t] = db.session.scalar(text(q))
@@ -59,9 +63,13 @@ def world(app, plans):
                                 tenant_id=theirs.id))
     db.session.commit()
     event_id = db.session.scalar(text("select id from webhook_events"))
+    keys = {t.id: make_api_key(t) for t in (mine, theirs)}
+    key_ids = {t_id: db.session.scalar(select(ApiKey.id).where(ApiKey.prefix == key[:12]))
+               for t_id, key in keys.items()}
     make_root()
     return {"mine": mine.id, "theirs": theirs.id, "my_invoice": invoices[mine.id],
-            "their_invoice": invoices[theirs.id], "event": event_id, "mine_email": admin_email(mine)}
+            "their_invoice": invoices[theirs.id], "event": event_id, "mine_email": admin_email(mine),
+            "my_key": key_ids[mine.id], "their_key": key_ids[theirs.id], "my_key_plaintext": keys[mine.id]}
 
 
 def other_tenant_args(rule, world) -> dict:
@@ -80,6 +88,8 @@ def other_tenant_args(rule, world) -> dict:
             values[arg] = f"invoice-{world['theirs']}-2026-09"
         elif arg in ("run_id",):
             values[arg] = 1
+        elif arg == "key_id":
+            values[arg] = world["their_key"]
         else:
             raise AssertionError(f"add a value for route parameter {arg!r} of {rule.rule} to the matrix")
     return values
@@ -201,8 +211,46 @@ def test_restricted_tenant_loses_access_on_next_request(app, client, world):
 
 
 def test_healthz_reports_stores_and_queues(client, world):
+    assert set(client.get("/healthz").get_json()) == {"status"}  # the details are for root admins only
+    login(client, "root@example.com")
     resp = client.get("/healthz")
     body = resp.get_json()
     assert resp.status_code == 200 and body["checks"] == {"database": "ok", "redis": "ok"}
     assert set(body["queues"]) == {"billing", "webhooks", "default", "mail"}
     assert body["oldest_pending_webhook_age_s"] is not None  # the failed event of the fixture
+
+
+def test_revoking_an_api_key_is_for_a_signed_in_tenant_with_a_csrf_token(app, client, world):
+    from app.access import view_policy
+
+    with app.test_request_context():
+        assert view_policy("tenants.revoke_key") == (TENANT, False)
+    url = f"/admin/api-keys/{world['my_key']}/revoke"
+
+    def revoked() -> bool:
+        db.session.expire_all()
+        return db.session.get(ApiKey, world["my_key"]).revoked_at is not None
+
+    # Anonymous, with a valid token from the sign-in page: sent to sign in.
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    resp = client.post(url, data={"csrf_token": token})
+    assert resp.status_code == 302 and "/login" in resp.headers["Location"] and not revoked()
+    # The key itself is no credential for the page (no session, so no CSRF token either).
+    resp = app.test_client().post(url, headers={"Authorization": f"Bearer {world['my_key_plaintext']}"})
+    assert resp.status_code == 400 and not revoked()
+    # The tenant's admin: refused without the token (form field or header), done with it.
+    login(client, world["mine_email"])
+    assert client.post(url).status_code == 400 and not revoked()
+    assert client.post(url, data={"csrf_token": "forged"}).status_code == 400 and not revoked()
+    assert client.post(url, headers={"X-CSRFToken": page_csrf(client)}).status_code == 303 and revoked()
+
+
+@pytest.mark.parametrize("value", ["%C3%A9", "%00", "x" * 500, "", "%FF%FE"])
+def test_a_bad_card_updated_link_neither_fails_nor_spends_the_pending_nonce(app, client, world, value):
+    login(client, world["mine_email"])
+    with client.session_transaction() as sess:
+        sess["card_update_nonce"] = "pending-nonce"
+    resp = client.get(f"/admin/billing?card_updated={value}")
+    assert resp.status_code == 303 and resp.headers["Location"].endswith("/admin/billing")
+    with client.session_transaction() as sess:
+        assert sess.get("card_update_nonce") == "pending-nonce"  # the real return from the portal still works

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import g, request
 
 from app.errors import ApiError
-from app.services.tenants import tenant_for_api_key
+from app.services.tenants import use_api_key
 
 
 def api_key_tenant(required: bool = True):
@@ -15,8 +15,8 @@ def api_key_tenant(required: bool = True):
         if required:
             raise ApiError(401, "Send your API key as 'Authorization: Bearer <key>'.", "unauthorized")
         return None
-    tenant = tenant_for_api_key(key)
-    if tenant is None:
+    use = use_api_key(key)  # revoked keys are refused here at once; records last_used_at
+    if use is None:
         raise ApiError(401, "That API key is not valid.", "invalid_api_key")
-    g.api_tenant_id = tenant.id
-    return tenant
+    g.api_tenant_id, g.api_key_id = use.tenant.id, use.key_id
+    return use.tenant

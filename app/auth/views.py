@@ -1,14 +1,16 @@
 """Sign in and out."""
 from __future__ import annotations
 
+import hashlib
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
 
 from app.access import PUBLIC, TENANT, access
 from app.extensions import db, limiter
 from app.models import utcnow
+from app.services.sessions import end_session, start_session
 from app.services.tenants import authenticate
 
 bp = Blueprint("auth", __name__)
@@ -33,10 +35,27 @@ def index():
     return redirect(url_for("auth.login"))
 
 
+def _account_key() -> str:
+    """The throttling key of the account a sign-in attempt names (hashed: no addresses in Redis)."""
+    email = (request.form.get("email") or "").strip().lower()
+    return "login-account:" + hashlib.sha256(email.encode()).hexdigest()
+
+
+def _failed(response) -> bool:
+    return response.status_code != 302  # only a successful sign-in redirects; everything else counts
+
+
+_THROTTLED = "Too many sign-in attempts. Wait a minute and try again."
+
+
 @bp.route("/login", methods=["GET", "POST"])
 @access(PUBLIC)
-@limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], methods=["POST"],
-               error_message="Too many sign-in attempts. Wait a minute and try again.")
+# Per client (request.remote_addr, from X-Forwarded-For only behind TRUSTED_PROXIES) and per account, so
+# neither one address nor many addresses can guess freely; the same answer for known and unknown accounts.
+@limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], methods=["POST"], deduct_when=_failed,
+               error_message=_THROTTLED)
+@limiter.limit(lambda: current_app.config["LOGIN_ACCOUNT_RATE_LIMIT"], key_func=_account_key, methods=["POST"],
+               deduct_when=_failed, error_message=_THROTTLED)
 def login():
     errors: dict[str, str] = {}
     email = ""
@@ -52,8 +71,13 @@ def login():
             if user is None:
                 errors["form"] = "That email and password don't match an active account."
             else:
+                # A fresh session: nothing of the anonymous one survives sign-in, its CSRF token included.
+                session.clear()
+                g.pop("csrf_token", None)
+                now = utcnow()
+                start_session(user, now=now, user_agent=request.user_agent.string, ip_address=request.remote_addr)
                 login_user(user)
-                user.last_login_at = utcnow()
+                user.last_login_at = now
                 db.session.commit()
                 return redirect(_safe_next(request.args.get("next")) or _home_for(user))
         return render_template("auth/login.html", errors=errors, email=email), 422
@@ -63,6 +87,10 @@ def login():
 @bp.route("/logout", methods=["POST"])
 @access(TENANT, billing_ok=True)
 def logout():
+    end_session(current_user.get_id())  # this browser only: the user's other sessions stay signed in
+    db.session.commit()
     logout_user()
+    session.clear()
+    g.pop("csrf_token", None)
     flash("You have been signed out.", "info")
     return redirect(url_for("auth.login"))

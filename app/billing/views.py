@@ -60,9 +60,12 @@ def index():
         nonce = request.args.get("card_updated")
         if nonce is not None:
             # Back from the Customer Portal: charge the open invoices once, then drop the marker from the URL
-            # (the nonce is single-use, so a reload or a forged link never charges again).
-            expected = session.pop(_NONCE_KEY, None)
-            if expected and hmac.compare_digest(nonce, expected):
+            # (the nonce is single-use, so a reload or a forged link never charges again). Compared as bytes
+            # (compare_digest raises on non-ASCII text) and consumed only when it matches, so a mangled link
+            # neither fails nor cancels the pending card update.
+            expected = session.get(_NONCE_KEY)
+            if expected and hmac.compare_digest(nonce.encode(), expected.encode()):
+                session.pop(_NONCE_KEY, None)
                 result = billing_views.retry_after_card_update(tenant.id)
                 flash(result.message, "success" if result.ok else "error")
             return redirect(url_for("billing.index"), 303)

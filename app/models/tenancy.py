@@ -1,11 +1,10 @@
-"""Plans, tenants, users and API keys."""
+"""Plans, tenants, users, their sign-in sessions and API keys."""
 from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from flask_login import UserMixin
 from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Date, ForeignKey, Integer, Numeric, String, Text, text,
                         UniqueConstraint)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -85,7 +84,7 @@ class Tenant(TimestampMixin, db.Model):
         return self.status == TenantStatus.ACTIVE
 
 
-class User(UserMixin, TimestampMixin, db.Model):
+class User(TimestampMixin, db.Model):
     __tablename__ = "users"
     __table_args__ = (
         CheckConstraint("role in ('root_admin','tenant_admin')", name="role_known"),
@@ -103,6 +102,11 @@ class User(UserMixin, TimestampMixin, db.Model):
 
     tenant: Mapped[Tenant | None] = relationship(back_populates="users")
 
+    # Flask-Login's view of the user. Not UserMixin: its __eq__ compares get_id(), which names a session here.
+    is_authenticated = True
+    is_anonymous = False
+    session_key = None  # "<session id>:<version>:<secret>", set by app.services.sessions for the signed-in user
+
     @property
     def is_root(self) -> bool:
         return self.role == Role.ROOT_ADMIN
@@ -112,8 +116,29 @@ class User(UserMixin, TimestampMixin, db.Model):
         return self.active
 
     def get_id(self) -> str:
-        # The version lets us revoke every session of a user by bumping it.
-        return f"{self.id}:{self.session_version}"
+        """The signed-in session's key (what the session cookie carries); see app.services.sessions."""
+        if self.session_key is None:
+            raise RuntimeError("start a session with app.services.sessions.start_session before login_user")
+        return self.session_key
+
+
+class UserSession(db.Model):
+    """One signed-in browser. The cookie holds its id and a secret; sign-out sets revoked_at.
+
+    A row ends only its own browser; bumping users.session_version (sessions.end_all_sessions) ends every
+    session of the user at once.
+    """
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    user_agent: Mapped[str | None] = mapped_column(String(255))
+    ip_address: Mapped[str | None] = mapped_column(String(45))
 
 
 class ApiKey(TenantScoped, db.Model):

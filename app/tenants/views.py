@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from flask import Blueprint, abort, flash, render_template, request
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -11,7 +11,7 @@ from app.access import TENANT, access
 from app.extensions import db
 from app.models import ApiKey, Plan, Tenant
 from app.services import clock
-from app.services.tenants import TenantError, create_tenant, issue_api_key
+from app.services.tenants import TenantError, create_tenant, issue_api_key, revoke_api_key
 from app.services.usage import CORE_METRICS, daily_series, month_usage
 
 bp = Blueprint("tenants", __name__)
@@ -85,3 +85,15 @@ def api_keys():
         flash("New API key created. Copy it now: it will not be shown again.", "success")
     keys = db.session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.id).order_by(ApiKey.id)).all()
     return render_template("tenants/api_keys.html", tenant=tenant, keys=keys, new_key=new_key)
+
+
+@bp.route("/admin/api-keys/<int:key_id>/revoke", methods=["POST"])
+@access(TENANT)
+def revoke_key(key_id: int):
+    tenant = _tenant_for_view()
+    key = revoke_api_key(key_id, tenant_id=tenant.id, actor_user_id=current_user.id)
+    if key is None:
+        abort(404)  # another tenant's key, or none at all: the same answer
+    db.session.commit()
+    flash(f"API key {key.prefix}… ({key.label}) is revoked: requests using it are refused from now on.", "success")
+    return redirect(url_for("tenants.api_keys", tenant_id=tenant.id if current_user.is_root else None), 303)
