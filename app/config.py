@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
+import click
 from dotenv import load_dotenv
+
+try:
+    from gunicorn.errors import AppImportError as _GunicornLoadError
+except ImportError:  # pragma: no cover - gunicorn is only needed to serve
+    _GunicornLoadError = Exception
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_DIR = ROOT / "instance"
@@ -14,6 +21,36 @@ INSTANCE_DIR = ROOT / "instance"
 EMULATOR_URL = "http://127.0.0.1:12111"
 EMULATOR_API_KEY = "sk_test_emulator"
 EMULATOR_WEBHOOK_SECRET = "whsec_emulator_local_development_secret"
+
+
+class ConfigError(RuntimeError, click.ClickException, _GunicornLoadError):
+    """The environment cannot run the app; the message is one line naming the fix."""
+
+    # The extra bases only choose how runners report it: `flask ...` prints "Error: <message>" and exits 1,
+    # gunicorn prints the message and stops (exit 4) instead of a traceback and endless worker respawns.
+    def __init__(self, message: str) -> None:
+        click.ClickException.__init__(self, message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def database_uri(url: str) -> str:
+    """Make the `postgres://` and `postgresql://` URLs of Replit and Heroku use psycopg 3; keep others as given."""
+    return re.sub(r"^postgres(?:ql)?://", "postgresql+psycopg://", url)
+
+
+def _check_production(cfg: Mapping[str, Any]) -> None:
+    """Refuse production without its own secrets: no dev session key, no emulator's published webhook secret."""
+    problems = []
+    missing = [name for name in ("SECRET_KEY", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET") if not cfg.get(name)]
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    if cfg.get("STRIPE_WEBHOOK_SECRET") == EMULATOR_WEBHOOK_SECRET:
+        problems.append("STRIPE_WEBHOOK_SECRET is the Stripe emulator's public one")
+    if problems:
+        raise ConfigError(f"APP_ENV=production refuses to start: {'; '.join(problems)}. Set SECRET_KEY, "
+                          "STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET in the environment (on Replit: Secrets).")
 
 
 def _dev_secret_key() -> str:
@@ -35,15 +72,15 @@ def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     stripe_key = overrides.get("STRIPE_SECRET_KEY", env.get("STRIPE_SECRET_KEY") or None)
     cfg: dict[str, Any] = {
         "PRODUCTION": production,
-        "SQLALCHEMY_DATABASE_URI": env.get("DATABASE_URL")
-        or f"sqlite:///{INSTANCE_DIR / 'servicepro.db'}",
+        "SQLALCHEMY_DATABASE_URI": database_uri(env.get("DATABASE_URL")
+                                                or f"sqlite:///{INSTANCE_DIR / 'servicepro.db'}"),
         "REDIS_URL": env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         "STRIPE_SECRET_KEY": stripe_key,
         "STRIPE_USES_EMULATOR": not stripe_key,
         "STRIPE_API_BASE": env.get("STRIPE_API_BASE")
         or ("https://api.stripe.com" if stripe_key else EMULATOR_URL),
         "STRIPE_WEBHOOK_SECRET": env.get("STRIPE_WEBHOOK_SECRET")
-        or (None if stripe_key else EMULATOR_WEBHOOK_SECRET),
+        or (None if stripe_key or production else EMULATOR_WEBHOOK_SECRET),
         "STRIPE_MAX_NETWORK_RETRIES": int(env.get("STRIPE_MAX_NETWORK_RETRIES", "3")),
         "STRIPE_RATE_LIMIT_PER_S": float(env.get("STRIPE_RATE_LIMIT_PER_S", "20")),
         "APP_BASE_URL": env.get("APP_BASE_URL", "http://127.0.0.1:5000").rstrip("/"),
@@ -57,6 +94,10 @@ def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "PAYMENT_RETRY_DAYS": [int(d) for d in env.get("PAYMENT_RETRY_DAYS", "3,7,12").split(",") if d],
         "DEMO_PASSWORD": env.get("DEMO_PASSWORD", "demo-password"),
         "LOGIN_RATE_LIMIT": env.get("LOGIN_RATE_LIMIT", "10 per minute"),
+        "USAGE_RATE_LIMIT": env.get("USAGE_RATE_LIMIT", "600 per minute"),
+        "USAGE_MAX_CLOCK_SKEW_SECONDS": int(env.get("USAGE_MAX_CLOCK_SKEW_SECONDS", "300")),
+        "LOGIN_ACCOUNT_RATE_LIMIT": env.get("LOGIN_ACCOUNT_RATE_LIMIT", "20 per hour"),
+        "TRUSTED_PROXIES": env.get("TRUSTED_PROXIES", ""),
         "RQ_QUEUES": ["billing", "webhooks", "default", "mail"],
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         "SESSION_COOKIE_HTTPONLY": True,
@@ -66,14 +107,15 @@ def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "REMEMBER_COOKIE_SECURE": production,
         "WTF_CSRF_HEADERS": ["X-CSRFToken", "X-CSRF-Token"],
         "WTF_CSRF_TIME_LIMIT": None,
+        "MAX_CONTENT_LENGTH": 1024 * 1024,  # CONTRACT §8.8: a larger body is answered 413, unread
         "WEBHOOK_DRAINERS": int(env.get("WEBHOOK_DRAINERS", "4")),
         "SWEEPER_STALE_SECONDS": int(env.get("SWEEPER_STALE_SECONDS", "120")),
     }
-    secret = env.get("SECRET_KEY")
-    if not secret and production and "SECRET_KEY" not in overrides:
-        raise RuntimeError("SECRET_KEY must be set in production")
-    cfg["SECRET_KEY"] = secret or overrides.get("SECRET_KEY") or _dev_secret_key()
+    secret = overrides.get("SECRET_KEY") or env.get("SECRET_KEY")
     cfg.update(overrides)
+    if cfg["PRODUCTION"]:
+        _check_production({**cfg, "SECRET_KEY": secret})
+    cfg["SECRET_KEY"] = secret or _dev_secret_key()
     if cfg["STRIPE_SECRET_KEY"] is None:
         cfg["STRIPE_SECRET_KEY"] = EMULATOR_API_KEY
     return cfg

@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh Debian/Ubuntu machine. Usage: scripts/setup.sh [run|test]
+# Idempotent set-up. Usage: scripts/setup.sh [run|test]
+# Needs python3 (with venv) and redis-server (plus PostgreSQL and Chromium for `test`); only when one is missing
+# does it install OS packages with apt-get, which needs root or sudo. Nothing else is fetched but Python packages:
+# the front-end assets are committed and only checked here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-run}"
-SUDO=""
-if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
-command -v npm >/dev/null || need+=(nodejs npm)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ "$MODE" = "test" ]; then
-  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || need+=(postgresql)
   command -v chromium >/dev/null || need+=(chromium)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
+  SUDO=""
+  if [ "$(id -u)" != "0" ]; then
+    if command -v sudo >/dev/null && command -v apt-get >/dev/null; then
+      SUDO="sudo"
+    else
+      echo "error: missing ${need[*]}; install them (or put them on the PATH) and run again" >&2
+      exit 1
+    fi
+  fi
   echo "==> installing OS packages: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
@@ -25,7 +34,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=".venv/.requirements.sha"
-sum="$(sha256sum requirements.txt | cut -d' ' -f1)"
+sum="$(.venv/bin/python -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' requirements.txt)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ]; then
   echo "==> installing Python packages"
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
@@ -33,10 +42,18 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ]; then
   echo "$sum" > "$stamp"
 fi
 
-if [ ! -f app/static/vendor/htmx.min.js ] || ! cmp -s node_modules/htmx.org/dist/htmx.min.js app/static/vendor/htmx.min.js; then
-  echo "==> installing front-end assets (htmx from the npm registry)"
-  npm install --no-audit --no-fund --silent >/dev/null
-  mkdir -p app/static/vendor
-  cp node_modules/htmx.org/dist/htmx.min.js app/static/vendor/htmx.min.js
-fi
-mkdir -p instance
+# The committed assets must be the pinned ones (app/static/vendor/SHA256SUMS).
+.venv/bin/python - <<'PY'
+import hashlib
+import pathlib
+import sys
+
+vendor = pathlib.Path("app/static/vendor")
+for line in (vendor / "SHA256SUMS").read_text().splitlines():
+    digest, name = line.split(maxsplit=1)
+    path = vendor / name.lstrip("*")
+    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        sys.exit(f"error: {path} is missing or not the pinned file (app/static/vendor/SHA256SUMS); "
+                 f"restore it with: git checkout -- {path}")
+PY
+mkdir -p instance .run

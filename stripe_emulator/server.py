@@ -6,7 +6,9 @@ URL map:
 ``/portal/<bps_id>``             billing portal page (GET) and card choice
                                  (POST ``/portal/<bps_id>/payment_method``)
 ``/i/<in_id>``, ``/i/<id>/pdf``  hosted invoice page and PDF
-``/_emulator/...``               control API, no auth (JSON or form bodies):
+``/_emulator/...``               control API (JSON or form bodies); every route but
+                                 ``/_emulator/health`` needs the header
+                                 ``X-Emulator-Token: <control token>``:
 
     POST /_emulator/reset                       forget all state
     GET|POST /_emulator/webhooks                 delivery target and stats
@@ -23,8 +25,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hmac
+import ipaddress
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -35,7 +40,8 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, redirect, render_template, request
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from . import DEFAULT_API_KEY, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_WEBHOOK_SECRET, cards, errors, forms
+from . import (CONTROL_TOKEN_HEADER, DEFAULT_API_KEY, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_WEBHOOK_SECRET, cards,
+               errors, forms)
 from .api import Api
 from .faults import FaultError, Faults
 from .idempotency import IdempotencyStore
@@ -60,6 +66,8 @@ class EmulatorConfig:
     webhook_backoff_max: float = 8.0
     webhook_timeout: float = 5.0
     verbose: bool = False
+    control_token: Optional[str] = None  # None: a random one, printed at start-up
+    allow_remote: bool = False  # listen on a non-loopback address (the control API still needs the token)
 
 
 class Emulator:
@@ -67,6 +75,7 @@ class Emulator:
 
     def __init__(self, config: Optional[EmulatorConfig] = None):
         self.config = config or EmulatorConfig()
+        self.control_token = self.config.control_token or secrets.token_urlsafe(24)
         self.dispatcher = WebhookDispatcher(self._webhook_settings())
         self.store = Store(self.dispatcher)
         self.dispatcher.on_done = self.store.webhook_done
@@ -219,6 +228,21 @@ def create_app(emulator: Optional[Emulator] = None) -> Flask:
         return _json(err.body(), err.status)
 
     # ------------------------------------------------------------ control
+    @app.before_request
+    def require_control_token() -> Optional[Response]:
+        # Any page in the developer's browser can send simple requests to localhost; a custom header needs a
+        # CORS preflight, which this server never grants, so only holders of the token reach the control API.
+        if not request.path.startswith("/_emulator/") or request.path == "/_emulator/health":
+            return None
+        given = request.headers.get(CONTROL_TOKEN_HEADER)
+        if not given:
+            return _json({"error": {"type": "invalid_request_error", "message":
+                                    "The control API needs the header %s." % CONTROL_TOKEN_HEADER}}, 401)
+        if not hmac.compare_digest(given.encode(), emu.control_token.encode()):
+            return _json({"error": {"type": "invalid_request_error", "message":
+                                    "Wrong %s." % CONTROL_TOKEN_HEADER}}, 403)
+        return None
+
     @app.get("/")
     def index() -> Response:
         return _json({
@@ -313,6 +337,14 @@ def create_app(emulator: Optional[Emulator] = None) -> Flask:
             return _json(err.body(), err.status)
         try:
             out = emu.store.set_default_payment_method(cid, pm, Context(base_url=emu.base_url()))
+        except errors.StripeError as exc:
+            return _json(exc.body(), exc.status)
+        return _json(out)
+
+    @app.post("/_emulator/invoices/<inv_id>/dispute")
+    def control_dispute(inv_id: str) -> Response:
+        try:  # `amount`, `reason` optional; close it with POST /v1/disputes/<id> (winning/losing_evidence)
+            out = emu.store.open_dispute(inv_id, _control_params(), Context(base_url=emu.base_url()))
         except errors.StripeError as exc:
             return _json(exc.body(), exc.status)
         return _json(out)
@@ -467,13 +499,36 @@ def parse_args(argv: Optional[list] = None) -> EmulatorConfig:
     p.add_argument("--webhook-backoff-max", type=float, default=8.0)
     p.add_argument("--webhook-timeout", type=float, default=5.0)
     p.add_argument("--verbose", action="store_true", help="log every HTTP request to stderr")
+    p.add_argument("--control-token", default=env("STRIPE_EMULATOR_CONTROL_TOKEN"),
+                   help="secret for the /_emulator/* control API, sent as header X-Emulator-Token "
+                        "(default: $STRIPE_EMULATOR_CONTROL_TOKEN, else a random one printed at start-up)")
+    p.add_argument("--allow-remote", action="store_true",
+                   default=_truthy(env("STRIPE_EMULATOR_ALLOW_REMOTE")),
+                   help="allow a --host that is not a loopback address (default: refuse)")
     a = p.parse_args(argv)
+    if not a.allow_remote and not is_loopback(a.host):
+        p.exit(2, "%s: refusing to listen on %s: the emulator is for development and tests; use 127.0.0.1, "
+                  "or pass --allow-remote to expose it\n" % (p.prog, a.host))
     return EmulatorConfig(
         host=a.host, port=a.port, public_url=a.public_url, webhook_url=a.webhook_url,
         webhook_secret=a.webhook_secret, webhook_max_attempts=a.webhook_max_attempts,
         webhook_backoff_initial=a.webhook_backoff, webhook_backoff_max=a.webhook_backoff_max,
-        webhook_timeout=a.webhook_timeout, verbose=a.verbose,
+        webhook_timeout=a.webhook_timeout, verbose=a.verbose, control_token=a.control_token or None,
+        allow_remote=a.allow_remote,
     )
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` names is a loopback one (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -484,6 +539,9 @@ def main(argv: Optional[list] = None) -> int:
     server, emu = build_server(config)
     host = config.host if ":" not in config.host else "[%s]" % config.host
     print("stripe_emulator listening on http://%s:%d" % (host, server.server_port), flush=True)
+    if not config.control_token:
+        print("stripe_emulator control API token (header %s): %s" % (CONTROL_TOKEN_HEADER, emu.control_token),
+              flush=True)
 
     def _stop(signum: int, frame: Any) -> None:
         raise SystemExit(0)

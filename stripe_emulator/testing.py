@@ -10,6 +10,8 @@
 
 The process is started with ``sys.executable -m stripe_emulator --port 0``
 (or the given port); the actual URL is read from its first stdout line.
+A fresh control token is generated per process (or pass ``control_token``),
+handed over in the environment and sent with every control API call.
 Only the standard library is used to talk to the control API.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -25,7 +28,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Dict, List, Optional
 
-from . import DEFAULT_API_KEY, DEFAULT_WEBHOOK_SECRET
+from . import CONTROL_TOKEN_HEADER, DEFAULT_API_KEY, DEFAULT_WEBHOOK_SECRET
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -39,15 +42,17 @@ class EmulatorProcess:
     """A ``python -m stripe_emulator`` subprocess and its control API.
 
     Attributes: ``url`` (e.g. ``http://127.0.0.1:54321``), ``api_key``
-    (``"sk_test_emulator"``), ``webhook_secret``, ``port``, ``process``.
+    (``"sk_test_emulator"``), ``webhook_secret``, ``control_token``, ``port``, ``process``.
     """
 
     api_key = DEFAULT_API_KEY
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1", webhook_url: Optional[str] = None,
                  webhook_secret: str = DEFAULT_WEBHOOK_SECRET, extra_args: Optional[List[str]] = None,
-                 startup_timeout: float = 20.0, verbose: bool = False, start: bool = True):
+                 startup_timeout: float = 20.0, verbose: bool = False, start: bool = True,
+                 control_token: Optional[str] = None):
         self.host = host
+        self.control_token = control_token or secrets.token_urlsafe(24)
         self.port = port
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
@@ -75,6 +80,7 @@ class EmulatorProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = _PKG_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
+        env["STRIPE_EMULATOR_CONTROL_TOKEN"] = self.control_token  # not in argv, which other users can read
         self.process = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=None, stdin=subprocess.DEVNULL, env=env, text=True,
         )
@@ -148,7 +154,8 @@ class EmulatorProcess:
               timeout: float = 30.0, ok_statuses: tuple = (200,)) -> Any:
         body = json.dumps(data).encode() if data is not None else None
         req = urllib.request.Request(self.url + path, data=body, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              CONTROL_TOKEN_HEADER: self.control_token})
         try:
             with _OPENER.open(req, timeout=timeout) as resp:
                 return json.loads(resp.read().decode() or "null")

@@ -32,9 +32,33 @@ def test_job_monitor_is_root_only(client, plans):
     assert client.get("/admin/jobs").status_code == 403
 
 
+def test_healthz_tells_an_anonymous_caller_only_the_status(client, plans):
+    resp = client.get("/healthz")
+    assert resp.status_code == 200 and resp.get_json() == {"status": "ok"}
+
+
+def test_healthz_tells_a_tenant_admin_only_the_status(client, plans):
+    login(client, admin_email(make_tenant()))
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_healthz_gives_root_the_details(client, plans):
+    make_root()
+    login(client, "root@example.com")
+    body = client.get("/healthz").get_json()
+    assert body["status"] == "ok" and body["checks"] == {"database": "ok", "redis": "ok"}
+    assert set(body["queues"]) == {"billing", "webhooks", "default", "mail"}
+    assert "scheduler_heartbeat_age_s" in body and "oldest_pending_webhook_age_s" in body
+
+
 def test_healthz_degrades_when_redis_is_down(app, client, plans):
+    make_root()
+    root = app.test_client()
+    login(root, "root@example.com")
     app.config["REDIS_URL"] = "redis://127.0.0.1:9/0"
     app.extensions.pop("redis_connection", None)
-    resp = client.get("/healthz")
+    anonymous = client.get("/healthz")
+    assert anonymous.status_code == 503 and anonymous.get_json() == {"status": "degraded"}
+    resp = root.get("/healthz")
     assert resp.status_code == 503 and resp.get_json()["checks"]["redis"].startswith("error")
     assert resp.get_json()["checks"]["database"] == "ok"

@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from stripe_emulator import CONTROL_TOKEN_HEADER  # noqa: E402
 from stripe_emulator.testing import EmulatorProcess  # noqa: E402
 
 
@@ -77,6 +78,8 @@ class Raw:
             h["Authorization"] = "Bearer %s" % key
         if idempotency_key:
             h["Idempotency-Key"] = idempotency_key
+        if path.startswith("/_emulator/"):
+            h.setdefault(CONTROL_TOKEN_HEADER, self.emu.control_token)
         if method.upper() == "GET":
             return self.session.request(method, self.emu.url + path, params=data, headers=h, **kw)
         return self.session.request(method, self.emu.url + path, data=data, headers=h, **kw)
