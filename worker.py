@@ -45,4 +45,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from app.config import ConfigError
+
+    try:
+        main()
+    except ConfigError as err:  # a misconfigured environment: one line naming the fix, not a traceback
+        raise SystemExit(f"Error: {err}") from None
