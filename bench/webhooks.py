@@ -1,20 +1,20 @@
 """Benchmark: Stripe webhook ingestion (verify + store + enqueue + answer) on ONE gunicorn worker over loopback.
 
 Starts a throw-away PostgreSQL and Redis (tests/support/services.py), runs the real migrations, serves the real app
-with `gunicorn -w 1 -k gthread --threads N`, then posts N distinct, correctly signed `invoice.paid` events (the
-emulator's own event shape, ~4.8 kB of pretty-printed JSON, as Stripe sends) from a few client threads, each on one
-keep-alive connection (http.client by default: on a small machine the clients share the CPUs with the server, and
-requests costs ~1 ms of client CPU per event; `--client requests` uses a requests.Session). Reports events/s (wall
-clock, first request to last answer), the p99 latency and the CPU each party spent per event, and checks that every
-event was stored once, is pending, and has a drainer job queued for it (no RQ worker runs here).
+as production does (`gunicorn --config gunicorn.conf.py`, the gevent worker) with one worker, then posts N distinct,
+correctly signed `invoice.paid` events (the emulator's own event shape, ~4.8 kB of pretty-printed JSON, as Stripe
+sends) from a few client threads, each on one keep-alive connection (http.client by default: on a small machine the
+clients share the CPUs with the server, and requests costs ~1 ms of client CPU per event; `--client requests` uses a
+requests.Session). Reports events/s (wall clock, first request to last answer), the p99 latency and the CPU each
+party spent per event, and checks that every event was stored once, is pending, and has a drainer job queued for it
+(no RQ worker runs here).
 
-Why gthread: the request is short and mostly waits on PostgreSQL and Redis. Threads overlap those waits inside the
-one worker and keep client connections alive; the sync worker serves one request at a time and closes the
-connection after each, so every event pays a new TCP connection and all of its waiting in line (measured: lower
-throughput at the same CPU per event). Two threads were best on 2 CPUs (measured 1-4): two overlap one request's
-database wait with another's CPU; more only add GIL hand-offs (4 threads: ~10% fewer events/s).
+`--worker-class gthread|sync` overrides the configured worker, to compare. The gevent worker was chosen so slow
+clients cannot hold the few threads of gthread (see gunicorn.conf.py); on this request (short, mostly waiting on
+PostgreSQL and Redis) it spends the same server CPU per event as gthread with 2 threads (the best thread count on
+2 CPUs) and serves as many events per second, within the run-to-run noise of a shared machine.
 
-    .venv/bin/python -m bench.webhooks [--events 3000] [--clients 4] [--threads 2] [--worker-class gthread]
+    .venv/bin/python -m bench.webhooks [--events 3000] [--clients 4] [--worker-class gthread --threads 2]
 """
 from __future__ import annotations
 
@@ -183,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--clients", type=int, default=4, help="concurrent client threads (keep-alive sessions)")
-    parser.add_argument("--threads", type=int, default=2, help="gunicorn threads in the one worker")
-    parser.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"))
+    parser.add_argument("--worker-class", choices=("gthread", "sync"),
+                        help="compare with another gunicorn worker (default: the one gunicorn.conf.py sets)")
+    parser.add_argument("--threads", type=int, default=2, help="threads in the one worker, with --worker-class gthread")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--no-drain", dest="drain", action="store_false",
                         help="skip timing one worker through the stored backlog afterwards")
@@ -216,11 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=redis_url, SECRET_KEY="bench",
                    STRIPE_WEBHOOK_SECRET=SECRET, PYTHONPATH=str(ROOT))
         env.pop("STRIPE_SECRET_KEY", None)
-        cmd = [str(Path(sys.executable).with_name("gunicorn")), "--workers", "1", "--worker-class", args.worker_class,
+        cmd = [str(Path(sys.executable).with_name("gunicorn")), "--config", "gunicorn.conf.py", "--workers", "1",
                "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "--backlog", "2048"]
+        if args.worker_class:
+            cmd += ["--worker-class", args.worker_class]
         if args.worker_class == "gthread":
             cmd += ["--threads", str(args.threads), "--keep-alive", "30"]
-        cmd.append("app:create_app()")
         server = subprocess.Popen(cmd, cwd=ROOT, env=env)
         try:
             wait_port(port, timeout=30)
@@ -256,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rate = args.events / elapsed
     p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
-    print(f"# {args.events} signed events, {args.clients} {args.client} clients, 1 gunicorn worker ({args.worker_class}"
-          f"{f', {args.threads} threads' if args.worker_class == 'gthread' else ''}) on PostgreSQL, {os.cpu_count()} "
+    worker = f"{args.worker_class}, {args.threads} threads" if args.worker_class == "gthread" else args.worker_class
+    print(f"# {args.events} signed events, {args.clients} {args.client} clients, 1 gunicorn worker "
+          f"({worker or 'gunicorn.conf.py: gevent'}) on PostgreSQL, {os.cpu_count()} "
           f"CPUs shared with the clients; {elapsed:.2f} s; p50 {p50:.1f} ms, max {max(latencies) * 1000:.1f} ms; "
           f"stored {stored} (pending {pending}), drainer jobs queued {len(jobs)} for {len(drainers)} of {slots} slots, "
           f"non-200 {len(bad)}", flush=True)

@@ -1,13 +1,27 @@
 """Usage ingestion through the JSON API, and the daily rollups built from it."""
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, time, timedelta, timezone
 
 from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import UsageEvent, UsageRollupDaily
-from tests.factories import make_api_key, make_tenant
+from tests import factories
+from tests.factories import make_api_key, utc
+
+# Usage is accepted only for days an invoice can still count (see test_usage_abuse.py), so these tests date
+# their events relative to today, for tenants that exist since long before.
+DAY = datetime.now(timezone.utc).date() - timedelta(days=2)
+EARLY = utc(2020, 1, 1)
+
+
+def stamp(day: date = DAY, clock: time = time(10)) -> str:
+    return datetime.combine(day, clock, tzinfo=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def make_tenant(*args, **kw):
+    return factories.make_tenant(*args, **{"created_at": EARLY, **kw})
 
 
 def post_events(client, key, events, **kw):
@@ -15,8 +29,8 @@ def post_events(client, key, events, **kw):
                        headers={"Authorization": f"Bearer {key}"}, **kw)
 
 
-def ev(i, metric="voice_minutes", qty=5, at="2026-10-03T10:00:00Z"):
-    return {"id": f"e-{i}", "metric": metric, "quantity": qty, "occurred_at": at}
+def ev(i, metric="voice_minutes", qty=5, at: str | None = None):
+    return {"id": f"e-{i}", "metric": metric, "quantity": qty, "occurred_at": at or stamp()}
 
 
 def stored_count():
@@ -94,38 +108,38 @@ def test_rollup_matches_events_and_late_event_corrects_it(client, plans, app):
     a, b = make_tenant(), make_tenant()
     ka, kb = make_api_key(a), make_api_key(b)
     post_events(client, ka, [ev(1, qty=7), ev(2, qty=3), ev(3, "sms_outbound", 11),
-                             ev(4, qty=100, at="2026-10-04T00:00:00Z"),  # next day
-                             ev(5, qty=9, at="2026-10-02T23:59:59Z")])  # previous day
+                             ev(4, qty=100, at=stamp(DAY + timedelta(days=1), time(0))),  # next day
+                             ev(5, qty=9, at=stamp(DAY - timedelta(days=1), time(23, 59, 59)))])  # previous day
     post_events(client, kb, [ev(1, qty=2)])
     runner = app.test_cli_runner()
-    out = runner.invoke(args=["usage", "rollup", "--day", "2026-10-03"])
+    out = runner.invoke(args=["usage", "rollup", "--day", DAY.isoformat()])
     assert out.exit_code == 0, out.output
 
     def rollups():
         rows = db.session.execute(select(UsageRollupDaily.tenant_id, UsageRollupDaily.metric,
-                                         UsageRollupDaily.quantity).where(UsageRollupDaily.day == date(2026, 10, 3)))
+                                         UsageRollupDaily.quantity).where(UsageRollupDaily.day == DAY))
         return {(t, m): q for t, m, q in rows}
 
     assert rollups() == {(a.id, "voice_minutes"): 10, (a.id, "sms_outbound"): 11, (b.id, "voice_minutes"): 2}
     # A late event for the same day arrives; re-running the rollup corrects the total.
-    post_events(client, ka, [ev(6, qty=5, at="2026-10-03T23:59:59Z")])
-    runner.invoke(args=["usage", "rollup", "--day", "2026-10-03"])
-    runner.invoke(args=["usage", "rollup", "--day", "2026-10-03"])  # idempotent
+    post_events(client, ka, [ev(6, qty=5, at=stamp(clock=time(23, 59, 59)))])
+    runner.invoke(args=["usage", "rollup", "--day", DAY.isoformat()])
+    runner.invoke(args=["usage", "rollup", "--day", DAY.isoformat()])  # idempotent
     assert rollups()[(a.id, "voice_minutes")] == 15
-    assert db.session.scalar(select(func.count(UsageRollupDaily.id))) == 3
+    assert db.session.scalar(select(func.count(UsageRollupDaily.id)).where(UsageRollupDaily.day == DAY)) == 3
 
 
 def test_rollup_day_follows_billing_timezone(client, plans, app):
     app.config["BILLING_TIMEZONE"] = "America/New_York"
     tenant = make_tenant()
     key = make_api_key(tenant)
-    # 02:00 UTC on Oct 4 is still Oct 3 in New York.
-    post_events(client, key, [ev(1, qty=4, at="2026-10-04T02:00:00Z")])
+    # 02:00 UTC on the next day is still DAY in New York.
+    assert post_events(client, key, [ev(1, qty=4, at=stamp(DAY + timedelta(days=1), time(2)))]).status_code == 201
     from app.services.usage import rollup_day
 
-    rollup_day(date(2026, 10, 3))
+    rollup_day(DAY)
     row = db.session.scalars(select(UsageRollupDaily)).one()
-    assert row.day == date(2026, 10, 3) and row.quantity == 4
+    assert row.day == DAY and row.quantity == 4
 
 
 def test_bad_rollup_day_is_a_clear_cli_error(app):

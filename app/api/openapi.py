@@ -29,7 +29,9 @@ class UsageBatchInSchema(Schema):
 
 def _errors(*codes: int) -> dict:
     text = {400: "Malformed request", 401: "Missing or invalid credentials", 403: "Not allowed",
-            404: "Not found", 415: "Not JSON", 422: "Invalid fields", 429: "Rate limited"}
+            404: "Not found", 409: "An event id was already recorded with different data",
+            413: "Body larger than 1 MiB", 415: "Not JSON", 422: "Invalid fields",
+            429: "Rate limited: wait the seconds in the Retry-After header"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": "Error"}}} for c in codes}
 
 
@@ -50,12 +52,20 @@ def build_spec() -> dict:
     spec.path(path="/api/usage/events", operations={"post": {
         "operationId": "recordUsageEvents",
         "summary": "Record up to 1,000 usage events; idempotent by the client's event id.",
+        "description": (
+            "The batch is stored whole or not at all. Refused with 422 (a field error on each event's "
+            "`occurred_at`): events more than USAGE_MAX_CLOCK_SKEW_SECONDS (300) in the future, before the "
+            "previous billing month (or the month the account was opened), or in a month already invoiced. "
+            "An id already recorded with the same metric, quantity and instant is a duplicate (counted, not "
+            "stored again); with other data it is a conflict (409, code `event_id_conflict`, a field error on "
+            "that event's `id`). Bodies over 1 MiB get 413; each API key may send USAGE_RATE_LIMIT requests "
+            "(600 per minute) before 429 with Retry-After."),
         "security": [{"apiKey": []}],
         "requestBody": {"required": True, "content": {"application/json": {"schema": "UsageBatch"}}},
         "responses": {"201": {"description": "Stored", "content": {"application/json": {"schema": "UsageIngestResult"}}},
                       "200": {"description": "All duplicates",
                               "content": {"application/json": {"schema": "UsageIngestResult"}}},
-                      **_errors(400, 401, 415, 422, 429)},
+                      **_errors(400, 401, 409, 413, 415, 422, 429)},
     }})
     spec.path(path="/api/tenants/{tenant_id}/entitlements", operations={"get": {
         "operationId": "getEntitlements",

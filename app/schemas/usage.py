@@ -1,17 +1,46 @@
 """Usage ingestion payloads."""
 from __future__ import annotations
 
+from datetime import timezone
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
+
+from app.services.usage import MAX_EVENT_QUANTITY
 
 MAX_BATCH = 1000
+# A full batch of 1,000 events with 128-character ids is about 300 KB; the route reads no more than this.
+MAX_BODY_BYTES = 1024 * 1024
 
 
 class UsageEventSchema(Schema):
-    id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    id = fields.String(required=True, validate=validate.Length(min=1, max=128),
+                       metadata={"description": "Your unique id for this event: 1-128 printable characters. "
+                                                "Re-sending it with the same data is a harmless duplicate; with "
+                                                "other data it is refused (409)."})
     metric = fields.String(required=True)
-    quantity = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=10**12))
-    occurred_at = fields.AwareDateTime(required=True)
+    quantity = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=MAX_EVENT_QUANTITY))
+    occurred_at = fields.AwareDateTime(
+        required=True,
+        metadata={"description": "ISO 8601 with a zone. At most USAGE_MAX_CLOCK_SKEW_SECONDS (300) ahead of the "
+                                 "server's clock, not before the previous billing month (nor the month the "
+                                 "account was opened), and not in a month already invoiced."})
+
+    @validates("id")
+    def _id_printable(self, value: str, **kwargs) -> None:
+        if not value.isprintable():
+            raise ValidationError("Use printable characters only (no control characters).")
+
+    @validates("occurred_at")
+    def _occurred_at_representable(self, value, **kwargs) -> None:
+        try:
+            value.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValidationError("This date is out of range.") from None
+
+    @post_load
+    def _in_utc(self, data: dict, **kwargs) -> dict:
+        data["occurred_at"] = data["occurred_at"].astimezone(timezone.utc)
+        return data
 
     def __init__(self, *args, metrics: set[str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -23,10 +52,11 @@ class UsageEventSchema(Schema):
             raise ValidationError(f"Unknown metric. Use one of: {', '.join(sorted(self.metrics))}.", "metric")
 
 
+TOO_MANY = f"Send between 1 and {MAX_BATCH} events per batch."
+
+
 class UsageBatchSchema(Schema):
-    events = fields.List(fields.Raw(), required=True,
-                         validate=validate.Length(min=1, max=MAX_BATCH,
-                                                  error=f"Send between 1 and {MAX_BATCH} events per batch."))
+    events = fields.List(fields.Raw(), required=True, validate=validate.Length(min=1, max=MAX_BATCH, error=TOO_MANY))
 
 
 class UsageIngestResultSchema(Schema):
@@ -42,7 +72,10 @@ class EntitlementsSchema(Schema):
 
 def load_batch(payload, metrics: set[str]) -> list[dict]:
     """Validate a whole batch; raise ValidationError with per-event field errors (nothing is stored then)."""
-    batch = UsageBatchSchema().load(payload if isinstance(payload, dict) else {"events": payload})
+    payload = payload if isinstance(payload, dict) else {"events": payload}
+    if isinstance(payload.get("events"), list) and len(payload["events"]) > MAX_BATCH:
+        raise ValidationError({"events": [TOO_MANY]})  # before marshmallow walks every item of a huge list
+    batch = UsageBatchSchema().load(payload)
     schema = UsageEventSchema(metrics=metrics)
     events, errors, seen = [], {}, set()
     for index, raw in enumerate(batch["events"]):
