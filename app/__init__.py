@@ -35,6 +35,8 @@ def register_extensions(app: Flask) -> None:
     htmx.init_app(app)
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    # Redis down must not turn sign-in or usage ingestion into 500s: limits then hold per process, in memory.
+    app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
     limiter.init_app(app)
     login_manager.init_app(app)
     rq.init_app(app)

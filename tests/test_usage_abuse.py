@@ -263,3 +263,4 @@ def test_every_malformed_body_is_a_4xx_in_the_error_shape(client, plans, name):
     assert 400 <= resp.status_code < 500, (name, resp.status_code, resp.get_data(as_text=True)[:300])
     error_of(resp)
     assert stored() == 0
+
