@@ -26,7 +26,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 def register_extensions(app: Flask) -> None:
     from app import access, tenancy
-    from app.services import dunning
+    from app.services import dunning, entitlements
     from app.extensions import csrf, db, htmx, limiter, login_manager, migrate, rq
 
     db.init_app(app)
@@ -43,6 +43,7 @@ def register_extensions(app: Flask) -> None:
     access.init_app(app)
     tenancy.init_app(app)
     dunning.init_app(app)  # the overdue banner's data on every tenant admin page
+    entitlements.init_app(app)  # changes of a tenant's entitlements are stamped and pushed (issue 16)
     register_security_headers(app)
 
 
@@ -78,16 +79,20 @@ def register_security_headers(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
+    from app.api.entitlements import bp as entitlements_api_bp
     from app.api.openapi import bp as openapi_bp
     from app.api.views import bp as api_bp
     from app.ops.views import bp as ops_bp
     from app.auth.views import bp as auth_bp
     from app.billing.views import bp as billing_bp
+    from app.integrations.views import bp as integrations_bp
     from app.system_billing.views import bp as system_billing_bp
     from app.tenants.views import bp as tenants_bp
     from app.webhooks.views import bp as webhooks_bp
 
     for bp in (auth_bp, tenants_bp, billing_bp, system_billing_bp, api_bp, openapi_bp, webhooks_bp, ops_bp):
+        app.register_blueprint(bp)
+    for bp in (entitlements_api_bp, integrations_bp):  # issue 16
         app.register_blueprint(bp)
 
 

@@ -22,19 +22,44 @@ def _date(value: str | None, name: str) -> date | None:
         raise click.BadParameter("use YYYY-MM-DD", param_hint=name) from None
 
 
+def _stripe_failure(err) -> click.ClickException:
+    """The one line (exit 1) for a Stripe failure a command cannot go on after: unreachable names the fix."""
+    from app import stripe_gateway
+
+    if err.unreachable:
+        return click.ClickException(stripe_gateway.unreachable_message())
+    return click.ClickException(f"Stripe refused the request: {err.message}")
+
+
+def _require_stripe() -> None:
+    """Stop with one line before any work when Stripe does not answer."""
+    from app import stripe_gateway
+
+    try:
+        stripe_gateway.ping()
+    except stripe_gateway.GatewayError as err:
+        raise _stripe_failure(err) from None
+
+
 @seed_cli.command("demo")
-@click.option("--no-stripe", is_flag=True, help="Skip creating Stripe customers and cards.")
+@click.option("--no-stripe", is_flag=True, help="Skip Stripe: no customers, cards or invoice history.")
 def seed_demo_cmd(no_stripe: bool) -> None:
-    """Idempotent demo data: root admin, tenants on each plan, 3 months of usage."""
+    """Idempotent demo data: root admin, tenants on each plan, 3 months of usage, invoiced history."""
     from app.services.seed import seed_demo
+    from app.stripe_gateway import GatewayError
 
     password = current_app.config["DEMO_PASSWORD"]
-    report = seed_demo(password, with_stripe=not no_stripe)
+    try:
+        report = seed_demo(password, with_stripe=not no_stripe, before_stripe=_require_stripe)
+    except GatewayError as err:  # the local data written so far is kept; a re-run carries on from there
+        raise _stripe_failure(err) from None
     click.echo("Demo logins (password: %s):" % password)
     for email, what in report.logins:
         click.echo(f"  {email:<45} {what}")
     for slug, key in report.api_keys.items():
         click.echo(f"  API key for {slug}: {key}")
+    for line in report.story:
+        click.echo(line)
 
 
 @usage_cli.command("rollup")
@@ -52,8 +77,12 @@ def usage_rollup_cmd(day: str) -> None:
 def sync_customers_cmd() -> None:
     """Create missing Stripe customers for all tenants."""
     from app.services.customers import sync_customers
+    from app.stripe_gateway import GatewayError
 
-    result = sync_customers()
+    try:
+        result = sync_customers()
+    except GatewayError as err:  # unreachable: the customers created before it are kept
+        raise _stripe_failure(err) from None
     click.echo(f"created {result.created}, already had one {result.existing}, failed {len(result.failed)}")
     for tenant_id, why in result.failed.items():
         click.echo(f"  tenant {tenant_id}: {why}", err=True)
@@ -98,6 +127,11 @@ def create_root_cmd(email: str, password: str) -> None:
 def init_app(app: Flask) -> None:
     for group in (seed_cli, usage_cli, billing_cli, tenants_cli):
         app.cli.add_command(group)
+    from app.integrations.cli import integrations_cli  # issue 16
+
+    app.cli.add_command(integrations_cli)
+    from app.stripe_cli import stripe_cli  # flask stripe setup-webhook / check (issue 15)
+    app.cli.add_command(stripe_cli)
 
 
 @billing_cli.command("dunning")
@@ -140,23 +174,33 @@ def run_invoices_cmd(period: str | None, tenant_id: int | None, as_of: str | Non
     if tenant_id is not None and db.session.get(Tenant, tenant_id) is None:
         raise click.BadParameter(f"no tenant with id {tenant_id}", param_hint="--tenant")
     tenant_ids = [tenant_id] if tenant_id is not None else invoicing.billable_tenant_ids(year, month)
+    # Tenants created after the period are never run; counted, so "nothing happened" says why.
+    created_after = 0 if tenant_id is not None else invoicing.created_after_count(year, month)
+    if tenant_ids:
+        _require_stripe()
     invoicing.generate_invoices(year, month, tenant_ids=tenant_ids)  # every tenant's lines in one aggregate
 
     outcomes = []
     with click.progressbar(tenant_ids, label=f"Invoicing {period}", show_pos=True) as bar:
         for tid in bar:
             outcomes.append(invoicing.invoice_and_charge(tid, period, trigger="manual"))
+            if outcomes[-1].code == invoicing.Reason.STRIPE_UNREACHABLE:
+                break  # Stripe went away: every other tenant would wait for it too
+    click.echo(f"{period}: {invoicing.summarize(outcomes, created_after=created_after).text()}")
     by = {r: [o for o in outcomes if o.result == r] for r in invoicing.RunResult}
-    click.echo(f"{period}: invoiced {len(by['invoiced'])}, skipped (already done) {len(by['skipped'])}, "
-               f"failed {len(by['failed'])}")
     for o in by["invoiced"]:
         if o.payment and o.payment != "succeeded":
             click.echo(f"  tenant {o.tenant_id}: invoice {o.invoice_status}, payment {o.payment}: {o.reason}")
     for o in by["skipped"]:
-        if o.reason and o.reason != "already done":
+        if o.code != invoicing.Reason.ALREADY_INVOICED:
             click.echo(f"  tenant {o.tenant_id}: skipped, {o.reason}")
     for o in by["failed"]:
         click.echo(f"  tenant {o.tenant_id}: FAILED, {o.reason}", err=True)
+    if len(outcomes) < len(tenant_ids):
+        click.echo(f"  {len(tenant_ids) - len(outcomes)} tenants not run", err=True)
+        from app.stripe_gateway import unreachable_message
+
+        raise click.ClickException(unreachable_message())
     if by["failed"]:
         raise SystemExit(1)
 
@@ -180,3 +224,18 @@ def billing_replay_webhook_cmd(event_row_id: int) -> None:
     except (LookupError, ValueError) as err:
         raise click.UsageError(str(err)) from None
     click.echo(f"webhook event {event_row_id}: {status}")
+
+
+@tenants_cli.command("revoke-api-key")
+@click.option("--key-id", "key_id", type=int, required=True, help="The key's id (first column of its API keys page).")
+def tenants_revoke_api_key_cmd(key_id: int) -> None:
+    """Revoke an API key of any tenant at once; audit-logged; idempotent."""
+    from app.extensions import db
+    from app.services.tenants import revoke_api_key
+
+    key = revoke_api_key(key_id, tenant_id=None, actor_user_id=None)
+    if key is None:
+        raise click.BadParameter(f"no API key with id {key_id}", param_hint="--key-id")
+    db.session.commit()
+    click.echo(f"API key {key.id} ({key.prefix}…, {key.label}) of tenant {key.tenant_id} revoked at "
+               f"{key.revoked_at.isoformat(timespec='seconds')}")

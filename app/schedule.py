@@ -30,4 +30,6 @@ SCHEDULE: list[Periodic] = [
     Periodic("webhooks-retry-failed", "*/5 * * * *", "app.jobs.retry_failed_webhooks", queue="webhooks"),
     Periodic("outbox-flush", "* * * * *", "app.jobs.flush_outbox", queue="mail", result_ttl=300),
     Periodic("sweep-stuck", "* * * * *", "app.jobs.sweep_stuck", result_ttl=300),
+    # Retries entitlements pushes that are due, and announces changes made behind the ORM's back (issue 16).
+    Periodic("entitlements-push", "* * * * *", "app.integrations.jobs.sweep_entitlements", result_ttl=300),
 ]

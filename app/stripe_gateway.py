@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import stripe
@@ -40,6 +41,7 @@ class GatewayError(Exception):
     code: str | None = None
     decline_code: str | None = None
     http_status: int | None = None
+    unreachable: bool = False  # no answer at all (connection refused, DNS, timeout)
 
     def __str__(self) -> str:
         return f"{self.outcome}: {self.message}"
@@ -47,6 +49,20 @@ class GatewayError(Exception):
     @property
     def hard_decline(self) -> bool:
         return self.decline_code in HARD_DECLINES
+
+    @property
+    def missing_customer(self) -> bool:
+        """Whether Stripe refused because it does not know the customer."""
+        return self.code == "resource_missing" and "customer" in self.message.lower()
+
+
+def unreachable_message() -> str:
+    """One line naming the fix when Stripe (or the local emulator) does not answer at all."""
+    base = current_app.config["STRIPE_API_BASE"]
+    key = current_app.config.get("STRIPE_SECRET_KEY") or ""
+    if urlsplit(base).hostname in ("127.0.0.1", "localhost", "::1") or key in ("", "sk_test_emulator"):
+        return f"Stripe is not reachable at {base}: start `python -m stripe_emulator`, or set STRIPE_SECRET_KEY"
+    return f"Stripe is not reachable at {base}: check the network connection and STRIPE_API_BASE"
 
 
 def classify(err: stripe.StripeError) -> GatewayError:
@@ -61,7 +77,9 @@ def classify(err: stripe.StripeError) -> GatewayError:
     if isinstance(err, stripe.CardError):
         outcome = Outcome.ACTION_REQUIRED if code == "authentication_required" else Outcome.PAYMENT_FAILED
         return GatewayError(outcome, message, code, decline_code, status)
-    if isinstance(err, (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError)):
+    if isinstance(err, stripe.APIConnectionError):
+        return GatewayError(Outcome.RETRY_LATER, message, code, None, status, unreachable=True)
+    if isinstance(err, (stripe.RateLimitError, stripe.APIError)):
         return GatewayError(Outcome.RETRY_LATER, message, code, None, status)
     if isinstance(err, stripe.IdempotencyError) and status == 409:
         return GatewayError(Outcome.RETRY_LATER, message, code, None, status)
@@ -110,15 +128,24 @@ def _call(fn, *args, idempotency_key: str | None = None, params: dict | None = N
     raise AssertionError("unreachable")
 
 
+def ping() -> None:
+    """One cheap read, so a command can report an unreachable Stripe before it starts work; raises GatewayError."""
+    _call(client().v1.customers.list, params={"limit": 1})
+
+
 # -- customers -------------------------------------------------------------------------------------------
 
-def create_customer(tenant_id: int, name: str, email: str | None) -> str:
-    """Create the Stripe customer for a tenant; idempotent per tenant. Returns the customer id."""
+def create_customer(tenant_id: int, name: str, email: str | None, generation: int = 0) -> str:
+    """Create the Stripe customer for a tenant; idempotent per tenant and generation. Returns the customer id.
+
+    `generation` counts the tenant's customers deleted in Stripe: a recreated customer needs a key of its own,
+    or Stripe would replay the deleted one.
+    """
     params: dict[str, Any] = {"name": name, "metadata": {"tenant_id": str(tenant_id)}}
     if email:
         params["email"] = email
-    cust = _call(client().v1.customers.create, idempotency_key=f"customer-create-tenant-{tenant_id}",
-                 params=params)
+    key = f"customer-create-tenant-{tenant_id}" + (f"-{generation}" if generation else "")
+    cust = _call(client().v1.customers.create, idempotency_key=key, params=params)
     return cust.id
 
 
@@ -227,6 +254,49 @@ def retrieve_charge(charge_id: str) -> Any:
     return _call(client().v1.charges.retrieve, charge_id)
 
 
+def retrieve_dispute(dispute_id: str) -> Any:
+    """A dispute as Stripe has it now (its charge expanded: customer, payment intent, amounts)."""
+    return _call(client().v1.disputes.retrieve, dispute_id, params={"expand": ["charge"]})
+
+
+def awaiting_authentication(stripe_invoice_id: str) -> bool:
+    """Whether Stripe's latest charge attempt on an invoice was declined because the bank asks for authentication.
+
+    Read from the charges of the invoice's PaymentIntent (found through its invoice payment), newest first.
+    """
+    payments = _call(client().v1.invoice_payments.list, params={"invoice": stripe_invoice_id, "limit": 10})
+    for payment in (p.to_dict() for p in payments.data):
+        intent = (payment.get("payment") or {}).get("payment_intent")
+        if payment.get("status") != "open" or not intent:
+            continue
+        charges = _call(client().v1.charges.list,
+                        params={"payment_intent": intent if isinstance(intent, str) else intent["id"], "limit": 1})
+        for charge in (c.to_dict() for c in charges.data):
+            reason = (charge.get("outcome") or {}).get("reason")
+            return charge.get("status") == "failed" and "authentication_required" in (charge.get("failure_code"),
+                                                                                     reason)
+    return False
+
+
+def live_mode() -> bool:
+    """Whether the configured secret key is a live-mode key (events of the other mode are not ours)."""
+    key = current_app.config.get("STRIPE_SECRET_KEY") or ""
+    return key.startswith(("sk_live_", "rk_live_"))
+
+
+def invoice_for_payment_intent(payment_intent_id: str) -> str | None:
+    """The Stripe invoice a PaymentIntent paid, through its invoice payment; None when it paid no invoice.
+
+    Since API version 2025-03-31 a charge has no `invoice`: invoice payments are the only link.
+    """
+    page = _call(client().v1.invoice_payments.list,
+                 params={"payment": {"type": "payment_intent", "payment_intent": payment_intent_id}, "limit": 1})
+    for payment in page.data:
+        invoice = payment.invoice
+        return invoice if isinstance(invoice, str) else invoice.id
+    return None
+
+
 # -- portal ----------------------------------------------------------------------------------------------
 
 def portal_session_url(customer_id: str, return_url: str) -> str:
@@ -243,6 +313,38 @@ def portal_session_url(customer_id: str, return_url: str) -> str:
         },
     )
     return session.url
+
+
+# -- account set-up (flask stripe setup-webhook / check) ---------------------------------------------------
+
+def pinned_api_version() -> str:
+    """The API version every request and every webhook endpoint of the app speaks (stripe-python's pin)."""
+    return stripe.api_version
+
+
+def list_webhook_endpoints() -> list[dict]:
+    """Every webhook endpoint of the account (auto-paginated), as plain dicts."""
+    page = _call(client().v1.webhook_endpoints.list, params={"limit": 100})
+    return [endpoint.to_dict() for endpoint in page.auto_paging_iter()]
+
+
+def create_webhook_endpoint(url: str, events: list[str], description: str) -> dict:
+    """Create an endpoint for `url` with exactly `events`, in the pinned API version; its secret is in the answer."""
+    endpoint = _call(client().v1.webhook_endpoints.create, params={
+        "url": url, "enabled_events": events, "api_version": stripe.api_version, "description": description})
+    return endpoint.to_dict()
+
+
+def set_webhook_events(endpoint_id: str, events: list[str]) -> dict:
+    """Make an existing endpoint send exactly `events` (and be enabled)."""
+    return _call(client().v1.webhook_endpoints.update, endpoint_id,
+                 params={"enabled_events": events, "disabled": False}).to_dict()
+
+
+def list_portal_configurations() -> list[dict]:
+    """The account's Customer Portal configurations, as plain dicts."""
+    page = _call(client().v1.billing_portal.configurations.list, params={"limit": 100})
+    return [config.to_dict() for config in page.auto_paging_iter()]
 
 
 # -- webhooks --------------------------------------------------------------------------------------------

@@ -95,6 +95,33 @@ def _routes() -> List[Tuple[str, "re.Pattern[str]", str, Handler]]:
         # charges (read only)
         ("GET", "/v1/charges", lambda a, v, p, c: a.store.list_charges(p)),
         ("GET", "/v1/charges/{charge}", lambda a, v, p, c: a.store.retrieve_charge(v["charge"])),
+        # invoice payments (read only: made by paying invoices)
+        ("GET", "/v1/invoice_payments", lambda a, v, p, c: a.store.list_invoice_payments(p)),
+        ("GET", "/v1/invoice_payments/{invoice_payment}",
+         lambda a, v, p, c: a.store.retrieve_invoice_payment(v["invoice_payment"])),
+        # disputes (opened by POST /_emulator/invoices/<id>/dispute)
+        ("GET", "/v1/disputes", lambda a, v, p, c: a.store.list_disputes(p)),
+        ("GET", "/v1/disputes/{dispute}", lambda a, v, p, c: a.store.retrieve_dispute(v["dispute"])),
+        ("POST", "/v1/disputes/{dispute}", lambda a, v, p, c: a.store.update_dispute(v["dispute"], p, c)),
+        ("POST", "/v1/disputes/{dispute}/close", lambda a, v, p, c: a.store.close_dispute(v["dispute"], c)),
+        # webhook endpoints and portal configurations (what `flask stripe setup-webhook` / `check` use)
+        ("POST", "/v1/webhook_endpoints", lambda a, v, p, c: a.store.create_webhook_endpoint(p, c)),
+        ("GET", "/v1/webhook_endpoints", lambda a, v, p, c: a.store.list_webhook_endpoints(p)),
+        ("GET", "/v1/webhook_endpoints/{webhook_endpoint}",
+         lambda a, v, p, c: a.store.retrieve_webhook_endpoint(v["webhook_endpoint"])),
+        ("POST", "/v1/webhook_endpoints/{webhook_endpoint}",
+         lambda a, v, p, c: a.store.update_webhook_endpoint(v["webhook_endpoint"], p)),
+        ("DELETE", "/v1/webhook_endpoints/{webhook_endpoint}",
+         lambda a, v, p, c: a.store.delete_webhook_endpoint(v["webhook_endpoint"])),
+        ("GET", "/v1/billing_portal/configurations",
+         lambda a, v, p, c: a.store.list_portal_configurations(p)),
+        ("GET", "/v1/billing_portal/configurations/{configuration}",
+         lambda a, v, p, c: a.store.retrieve_portal_configuration(v["configuration"])),
+        ("POST", "/v1/billing_portal/configurations/{configuration}",
+         lambda a, v, p, c: a.store.update_portal_configuration(v["configuration"], p)),
+        # refunds
+        ("POST", "/v1/refunds", lambda a, v, p, c: a.store.create_refund(p, c)),
+        ("GET", "/v1/refunds/{refund}", lambda a, v, p, c: a.store.retrieve_refund(v["refund"])),
     ]
     out = []
     for method, template, handler in table:
@@ -141,7 +168,14 @@ def api_key_from(headers: Any) -> str:
 # expand[]
 # ---------------------------------------------------------------------------
 
-def _expand(node: Any, parts: List[str], find: Callable[[str], Optional[Dict[str, Any]]]) -> Any:
+#: Fields Stripe returns only when expanded (``expand[]=payments`` on an invoice), by object type.
+_INCLUDABLE: Dict[Any, Tuple[str, ...]] = {"invoice": ("payments",)}
+
+Include = Callable[[Dict[str, Any], str], Any]
+
+
+def _expand(node: Any, parts: List[str], find: Callable[[str], Optional[Dict[str, Any]]],
+            include: Optional[Include] = None) -> Any:
     if not parts or node is None:
         return node
     if isinstance(node, str):
@@ -151,8 +185,10 @@ def _expand(node: Any, parts: List[str], find: Callable[[str], Optional[Dict[str
     if not isinstance(node, dict):
         return node
     key, rest = parts[0], parts[1:]
+    if key in _INCLUDABLE.get(node.get("object"), ()) and key not in node and include is not None:
+        node[key] = include(node, key)  # Stripe omits these unless they are expanded
     if node.get("object") == "list" and key == "data":
-        node["data"] = [_expand(item, rest, find) for item in node.get("data", [])]
+        node["data"] = [_expand(item, rest, find, include) for item in node.get("data", [])]
         return node
     if key not in node:
         return node
@@ -163,13 +199,14 @@ def _expand(node: Any, parts: List[str], find: Callable[[str], Optional[Dict[str
         elif isinstance(value, list):
             node[key] = [(find(x) or x) if isinstance(x, str) else x for x in value]
         return node
-    node[key] = _expand(value, rest, find)
+    node[key] = _expand(value, rest, find, include)
     return node
 
 
-def expand(obj: Dict[str, Any], paths: List[str], find: Callable[[str], Optional[Dict[str, Any]]]) -> Dict[str, Any]:
+def expand(obj: Dict[str, Any], paths: List[str], find: Callable[[str], Optional[Dict[str, Any]]],
+           include: Optional[Include] = None) -> Dict[str, Any]:
     for path in paths or []:
-        obj = _expand(obj, [p for p in str(path).split(".") if p], find)
+        obj = _expand(obj, [p for p in str(path).split(".") if p], find, include)
     return obj
 
 
@@ -276,7 +313,7 @@ class Api:
             try:
                 result = handler(self, path_vars, coerced, ctx)
                 if expand_paths:
-                    result = expand(result, expand_paths, self.store.find)
+                    result = expand(result, expand_paths, self.store.find, self._include)
                 status, out = 200, result
             except errors.StripeError as exc:
                 if not exc.saved:
@@ -310,6 +347,11 @@ class Api:
             entry["disconnected"] = True
         self._log(entry, result_obj.status, started)
         return result_obj
+
+    def _include(self, node: Dict[str, Any], key: str) -> Any:
+        if node.get("object") == "invoice" and key == "payments":
+            return self.store.invoice_payments_of(node["id"])
+        return None
 
     def _replay(self, saved: Any, entry: Dict[str, Any], headers: Dict[str, str], delay: float) -> ApiResult:
         if delay:

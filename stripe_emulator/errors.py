@@ -6,7 +6,7 @@ rendered as Stripe renders it::
     HTTP 402
     {"error": {"type": "card_error", "code": "card_declined",
                "decline_code": "generic_decline",
-               "message": "Your card was declined.", "param": null, ...}}
+               "message": "Your card was declined.", ...}}
 
 ``saved`` tells the idempotency layer whether the response is stored under
 the request's Idempotency-Key.  Stripe stores results "only after the
@@ -53,7 +53,8 @@ class StripeError(Exception):
         if self.code is not None:
             err["code"] = self.code
             err["doc_url"] = DOC_BASE + self.code.replace("_", "-")
-        err["param"] = self.param
+        if self.param is not None:  # Stripe omits `param` when no parameter is at fault
+            err["param"] = self.param
         if self.decline_code is not None:
             err["decline_code"] = self.decline_code
         err.update(self.extra)

@@ -68,6 +68,24 @@ REQUIRES_ACTION_MESSAGE = (
 )
 
 
+#: Text and file fields of ``dispute.evidence`` (all null until evidence is staged).
+_EVIDENCE_FIELDS = (
+    "access_activity_log", "billing_address", "cancellation_policy", "cancellation_policy_disclosure",
+    "cancellation_rebuttal", "customer_communication", "customer_email_address", "customer_name",
+    "customer_purchase_ip", "customer_signature", "duplicate_charge_documentation", "duplicate_charge_explanation",
+    "duplicate_charge_id", "product_description", "receipt", "refund_policy", "refund_policy_disclosure",
+    "refund_refusal_explanation", "service_date", "service_documentation", "shipping_address", "shipping_carrier",
+    "shipping_date", "shipping_documentation", "shipping_tracking_number", "uncategorized_file",
+    "uncategorized_text",
+)
+
+
+def _decimal_string(value: decimal.Decimal) -> str:
+    """A decimal as Stripe writes one ("2500", "0.015"): no exponent, no trailing zeros."""
+    text = format(value.normalize(), "f")
+    return text if text not in ("-0",) else "0"
+
+
 def new_id(prefix: str, length: int = 24) -> str:
     """Stripe-looking id, e.g. ``cus_NffrFeUfNV2Hib``."""
     return "%s_%s" % (prefix, "".join(secrets.choice(_ALPHABET) for _ in range(length)))
@@ -155,6 +173,12 @@ class Store:
             self._pm_card: Dict[str, cards.TestCard] = {}
             self._line_ids: Dict[str, str] = {}  # ii_ -> il_
             self._charge_invoice: Dict[str, str] = {}
+            self.invoice_payments: Dict[str, Dict[str, Any]] = {}
+            self._default_payment: Dict[str, str] = {}  # in_ -> its default inpay_
+            self.disputes: Dict[str, Dict[str, Any]] = {}
+            self.refunds: Dict[str, Dict[str, Any]] = {}
+            self.webhook_endpoints: Dict[str, Dict[str, Any]] = {}
+            self.portal_configurations: Dict[str, Dict[str, Any]] = {}
             self._invoice_seq = 0
             self._portal_configuration = new_id("bpc")
 
@@ -218,7 +242,8 @@ class Store:
         """Any object by id (used by ``expand``)."""
         with self.lock:
             for table in (self.customers, self.payment_methods, self.invoice_items,
-                          self.portal_sessions, self.events, self.charges):
+                          self.portal_sessions, self.events, self.charges, self.invoice_payments,
+                          self.disputes, self.refunds):
                 if obj_id in table:
                     return copy.deepcopy(table[obj_id])
             if obj_id in self.invoices:
@@ -255,7 +280,6 @@ class Store:
                 "object": "customer",
                 "address": p.get("address") or None,
                 "balance": p.get("balance", 0),
-                "business_name": p.get("business_name") or None,
                 "created": self.clock(),
                 "currency": None,
                 "customer_account": None,
@@ -264,7 +288,6 @@ class Store:
                 "description": p.get("description"),
                 "discount": None,
                 "email": p.get("email"),
-                "individual_name": p.get("individual_name") or None,
                 "invoice_prefix": p.get("invoice_prefix") or "".join(
                     secrets.choice(string.ascii_uppercase + string.digits) for _ in range(8)),
                 "invoice_settings": {
@@ -283,6 +306,9 @@ class Store:
                 "tax_exempt": p.get("tax_exempt") or "none",
                 "test_clock": None,
             }
+            for key in ("business_name", "individual_name"):  # Stripe omits them unless they are set
+                if p.get(key):
+                    cust[key] = p[key]
             self.customers[cid] = cust
             attached: List[Dict[str, Any]] = []
             token_map: Dict[str, str] = {}
@@ -331,10 +357,16 @@ class Store:
                                 "payment method must be attached to the customer." % new_default,
                                 "invoice_settings[default_payment_method]")
             simple = ("name", "email", "description", "phone", "balance", "invoice_prefix",
-                      "next_invoice_sequence", "tax_exempt", "business_name", "individual_name")
+                      "next_invoice_sequence", "tax_exempt")
             for key in simple:
                 if key in p:
                     cust[key] = p[key] if p[key] != "" else None
+            for key in ("business_name", "individual_name"):
+                if key in p:
+                    if p[key]:
+                        cust[key] = p[key]
+                    else:
+                        cust.pop(key, None)
             for key in ("address", "shipping"):
                 if key in p:
                     cust[key] = p[key] or None
@@ -548,10 +580,10 @@ class Store:
         if "amount" in p:
             amount = p["amount"]
             unit = decimal.Decimal(amount) / (quantity or 1)
-            return amount, quantity, str(unit.normalize()), None
+            return amount, quantity, _decimal_string(unit), None
         if "unit_amount_decimal" in p:
             unit = decimal.Decimal(p["unit_amount_decimal"])
-            return int((unit * quantity).to_integral_value(decimal.ROUND_HALF_UP)), quantity, str(unit), None
+            return int((unit * quantity).to_integral_value(decimal.ROUND_HALF_UP)), quantity, _decimal_string(unit), None
         price_data = p.get("price_data")
         if isinstance(price_data, dict):
             if "unit_amount" in price_data:
@@ -561,7 +593,7 @@ class Store:
             else:
                 raise errors.missing_parameter("price_data[unit_amount]")
             return (int((unit * quantity).to_integral_value(decimal.ROUND_HALF_UP)), quantity,
-                    str(unit), price_data.get("currency"))
+                    _decimal_string(unit), price_data.get("currency"))
         if p.get("pricing"):
             raise errors.invalid_request("No such price: '%s'" % (p["pricing"].get("price"),),
                                          "pricing[price]", "resource_missing")
@@ -617,9 +649,9 @@ class Store:
                 "net_amount": amount,
                 "parent": None,
                 "period": {"end": end, "start": start},
-                "pricing": {"price_details": None, "type": "price_details", "unit_amount_decimal": unit},
+                "pricing": {"type": "price_details", "unit_amount_decimal": unit},
                 "proration": False,
-                "proration_details": {"credited_items": None},
+                "proration_details": {"credited_items": None, "discount_amounts": []},
                 "quantity": quantity,
                 "quantity_decimal": str(quantity),
                 "tax_rates": [],
@@ -729,6 +761,7 @@ class Store:
                 "quantity": item["quantity"],
                 "quantity_decimal": item["quantity_decimal"],
                 "subscription": None,
+                "subtotal": item["amount"],
                 "taxes": [],
             })
         return lines
@@ -754,7 +787,6 @@ class Store:
             "object": "list",
             "data": copy.deepcopy(lines[:lines_limit]),
             "has_more": len(lines) > lines_limit,
-            "total_count": len(lines),
             "url": "/v1/invoices/%s/lines" % inv["id"],
         }
         return out
@@ -878,11 +910,9 @@ class Store:
                 "starting_balance": 0,
                 "statement_descriptor": p.get("statement_descriptor"),
                 "status": "draft",
-                "status_details": None,
                 "status_transitions": {"finalized_at": None, "marked_uncollectible_at": None,
                                        "paid_at": None, "voided_at": None},
                 "test_clock": None,
-                "threshold_reason": None,
                 "total_discount_amounts": [],
                 "total_pretax_credit_amounts": [],
                 "total_taxes": [],
@@ -999,6 +1029,7 @@ class Store:
         inv["status_transitions"]["paid_at"] = ts
         inv["next_payment_attempt"] = None
         inv["auto_advance"] = False
+        self._settle_invoice_payment(inv, "canceled" if out_of_band else "paid", amount)
         rendered = self._render_invoice(inv)
         self._emit("invoice.paid", rendered, ctx)
         if not out_of_band:
@@ -1097,6 +1128,7 @@ class Store:
     def _charge(self, inv: Dict[str, Any], pm_id: str, amount: int,
                 card: Optional[cards.TestCard]) -> Dict[str, Any]:
         behaviour = card.behaviour if card else "succeed"
+        payment_intent = self._invoice_payment(inv, amount)["payment"]["payment_intent"]
         ok = behaviour == "succeed"
         failure = None if ok else cards.CHARGE_FAILURES.get(behaviour, cards.CHARGE_FAILURES["charge_fail"])
         pm = self.payment_methods.get(pm_id) or {}
@@ -1125,15 +1157,9 @@ class Store:
             "livemode": False,
             "metadata": {},
             "on_behalf_of": None,
-            "outcome": {
-                "network_status": "approved_by_network" if ok else "declined_by_network",
-                "reason": None if ok else failure[1],
-                "risk_level": "normal",
-                "seller_message": "Payment complete." if ok else "The bank did not return any further details with this decline.",
-                "type": "authorized" if ok else "issuer_declined",
-            },
+            "outcome": self._outcome(ok, behaviour, failure),
             "paid": ok,
-            "payment_intent": None,
+            "payment_intent": payment_intent,
             "payment_method": pm_id,
             "payment_method_details": {
                 "card": {
@@ -1152,7 +1178,6 @@ class Store:
             "refunded": False,
             "review": None,
             "shipping": None,
-            "source": None,
             "statement_descriptor": None,
             "statement_descriptor_suffix": None,
             "status": "succeeded" if ok else "failed",
@@ -1163,6 +1188,25 @@ class Store:
         self._charge_invoice[charge["id"]] = inv["id"]
         return charge
 
+    @staticmethod
+    def _outcome(ok: bool, behaviour: str, failure: Optional[Tuple[str, str, str]]) -> Dict[str, Any]:
+        """``charge.outcome`` as Stripe fills it for an approval, an issuer decline or a Radar block."""
+        if ok or failure is None:
+            return {"advice_code": None, "network_advice_code": None, "network_decline_code": None,
+                    "network_status": "approved_by_network", "reason": None, "risk_level": "normal",
+                    "risk_score": 20, "seller_message": "Payment complete.", "type": "authorized"}
+        if behaviour == "fraudulent":
+            return {"advice_code": "do_not_try_again", "network_advice_code": None, "network_decline_code": None,
+                    "network_status": "not_sent_to_network", "reason": "highest_risk_level",
+                    "risk_level": "highest", "risk_score": 95,
+                    "seller_message": "Stripe blocked this payment as too risky.", "type": "blocked"}
+        hard = failure[1] in ("lost_card", "stolen_card")
+        message = ("The bank did not return any further details with this decline."
+                   if failure[1] == "generic_decline" else "The bank returned the decline code `%s`." % failure[1])
+        return {"advice_code": "do_not_try_again" if hard else "try_again_later", "network_advice_code": None,
+                "network_decline_code": None, "network_status": "declined_by_network", "reason": failure[1],
+                "risk_level": "normal", "risk_score": 20, "seller_message": message, "type": "issuer_declined"}
+
     def void_invoice(self, inv_id: str, ctx: Context) -> Dict[str, Any]:
         with self.lock:
             inv = self._invoice(inv_id)
@@ -1172,6 +1216,7 @@ class Store:
                     "status `%s`." % inv["status"], "invoice", "invoice_not_editable")
             inv["status"] = "void"
             inv["status_transitions"]["voided_at"] = self.clock()
+            self._settle_invoice_payment(inv, "canceled", 0)
             inv["next_payment_attempt"] = None
             inv["auto_advance"] = False
             rendered = self._render_invoice(inv)
@@ -1204,6 +1249,7 @@ class Store:
         with self.lock:
             items = [c for c in reversed(list(self.charges.values()))
                      if ("customer" not in p or c["customer"] == p["customer"])
+                     and ("payment_intent" not in p or c["payment_intent"] == p["payment_intent"])
                      and _created_filter(p.get("created"), c["created"])]
             return self.paginate(items, p, "/v1/charges", "charge")
 
@@ -1216,6 +1262,420 @@ class Store:
                  "status": c["status"], "created": c["created"]}
                 for c in self.charges.values() if include_failed or c["status"] == "succeeded"
             ]
+
+    # -------------------------------------------------------- invoice payments
+    def _invoice_payment(self, inv: Dict[str, Any], amount: int) -> Dict[str, Any]:
+        """The invoice's default InvoicePayment, created (with its PaymentIntent) at the first attempt.
+
+        Stripe reuses one PaymentIntent for every attempt on an invoice, so every charge of the invoice names
+        the same ``payment_intent``; ``GET /v1/invoice_payments?payment[payment_intent]=pi_...`` finds it.
+        """
+        ip_id = self._default_payment.get(inv["id"])
+        if ip_id is not None:
+            return self.invoice_payments[ip_id]
+        ip = {
+            "id": new_id("inpay"),
+            "object": "invoice_payment",
+            "amount_paid": None,
+            "amount_requested": amount,
+            "created": self.clock(),
+            "currency": inv["currency"],
+            "invoice": inv["id"],
+            "is_default": True,
+            "livemode": False,
+            "payment": {"payment_intent": new_id("pi"), "type": "payment_intent"},
+            "status": "open",
+            "status_transitions": {"canceled_at": None, "paid_at": None},
+        }
+        self.invoice_payments[ip["id"]] = ip
+        self._default_payment[inv["id"]] = ip["id"]
+        return ip
+
+    def _settle_invoice_payment(self, inv: Dict[str, Any], status: str, amount: int) -> None:
+        """Close the invoice's open InvoicePayment: ``paid`` by a charge, ``canceled`` (void, out of band)."""
+        ip_id = self._default_payment.get(inv["id"])
+        ip = self.invoice_payments.get(ip_id) if ip_id else None
+        if ip is None or ip["status"] != "open":
+            return
+        ip["status"] = status
+        if status == "paid":
+            ip["amount_paid"] = amount
+            ip["status_transitions"]["paid_at"] = self.clock()
+        else:
+            ip["status_transitions"]["canceled_at"] = self.clock()
+
+    def invoice_payments_of(self, inv_id: str) -> Dict[str, Any]:
+        """``invoice.payments`` (only present when expanded, as in Stripe)."""
+        with self.lock:
+            items = [ip for ip in reversed(list(self.invoice_payments.values())) if ip["invoice"] == inv_id]
+            return {"object": "list", "data": copy.deepcopy(items), "has_more": False,
+                    "url": "/v1/invoice_payments?invoice=%s" % inv_id}
+
+    def list_invoice_payments(self, p: Dict[str, Any]) -> Dict[str, Any]:
+        with self.lock:
+            payment = p.get("payment") or {}
+            if payment and not payment.get("type"):
+                raise errors.missing_parameter("payment[type]")
+            status = p.get("status")
+            if status is not None and status not in ("canceled", "open", "paid"):
+                raise errors.invalid_value("Invalid status: must be one of canceled, open, or paid", "status")
+            items = [
+                ip for ip in reversed(list(self.invoice_payments.values()))
+                if ("invoice" not in p or ip["invoice"] == p["invoice"])
+                and (status is None or ip["status"] == status)
+                and (not payment or (ip["payment"]["type"] == payment["type"] and all(
+                    ip["payment"].get(k) == payment[k] for k in ("payment_intent", "payment_record")
+                    if k in payment)))
+                and _created_filter(p.get("created"), ip["created"])
+            ]
+            return self.paginate(items, p, "/v1/invoice_payments", "invoice_payment")
+
+    def retrieve_invoice_payment(self, ip_id: str) -> Dict[str, Any]:
+        with self.lock:
+            if ip_id not in self.invoice_payments:
+                raise errors.resource_missing("invoice payment", ip_id, "invoice_payment")
+            return copy.deepcopy(self.invoice_payments[ip_id])
+
+    # ---------------------------------------------------------------- disputes
+    def _paid_charge_of(self, inv_id: str) -> Optional[Dict[str, Any]]:
+        for ch_id, owner in self._charge_invoice.items():
+            if owner == inv_id and self.charges[ch_id]["status"] == "succeeded":
+                return self.charges[ch_id]
+        return None
+
+    def _dispute_transaction(self, dispute: Dict[str, Any], amount: int, fee: int, description: str) -> Dict[str, Any]:
+        ts = self.clock()
+        return {
+            "id": new_id("txn"),
+            "object": "balance_transaction",
+            "amount": amount,
+            "available_on": ts,
+            "balance_type": "payments",
+            "created": ts,
+            "currency": dispute["currency"],
+            "description": description,
+            "exchange_rate": None,
+            "fee": fee,
+            "fee_details": ([{"amount": fee, "application": None, "currency": dispute["currency"],
+                              "description": "Dispute fee", "type": "stripe_fee"}] if fee else []),
+            "net": amount - fee,
+            "reporting_category": "dispute" if amount < 0 else "dispute_reversal",
+            "source": dispute["id"],
+            "status": "available",
+            "type": "adjustment",
+        }
+
+    def open_dispute(self, inv_id: str, p: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
+        """What a cardholder's bank does: dispute the charge that paid ``inv_id`` (control API)."""
+        with self.lock:
+            inv = self._invoice(inv_id, "invoice")
+            charge = self._paid_charge_of(inv_id)
+            if charge is None:
+                raise errors.invalid_request(
+                    "Invoice %s was not paid by a charge: there is nothing to dispute." % inv_id, "invoice")
+            if charge["disputed"]:
+                raise errors.invalid_request("Charge %s is already disputed." % charge["id"], "invoice")
+            try:
+                amount = int(p.get("amount") or charge["amount"])
+            except (TypeError, ValueError):
+                raise errors.invalid_value("Invalid integer: %s" % p.get("amount"), "amount")
+            if not 0 < amount <= charge["amount"]:
+                raise errors.invalid_value("The disputed amount must be between 1 and the charge's amount.",
+                                           "amount")
+            card = (charge.get("payment_method_details") or {}).get("card") or {}
+            ts = self.clock()
+            dispute: Dict[str, Any] = {
+                "id": new_id("dp"),
+                "object": "dispute",
+                "amount": amount,
+                "balance_transactions": [],
+                "charge": charge["id"],
+                "created": ts,
+                "currency": charge["currency"],
+                "enhanced_eligibility_types": [],
+                "evidence": {**{k: None for k in _EVIDENCE_FIELDS}, "enhanced_evidence": {}},
+                "evidence_details": {"due_by": ts + 7 * 86400, "enhanced_eligibility": {}, "has_evidence": False,
+                                     "past_due": False, "submission_count": 0},
+                "is_charge_refundable": False,
+                "livemode": False,
+                "metadata": {},
+                "payment_intent": charge["payment_intent"],
+                "payment_method_details": {
+                    "card": {"brand": card.get("brand") or "visa", "case_type": "chargeback",
+                             "network": card.get("brand") or "visa", "network_reason_code": "10.4"},
+                    "type": "card",
+                },
+                "reason": str(p.get("reason") or "fraudulent"),
+                "status": "needs_response",
+            }
+            dispute["balance_transactions"].append(self._dispute_transaction(
+                dispute, -amount, 1500, "Chargeback withdrawal for %s" % charge["id"]))
+            self.disputes[dispute["id"]] = dispute
+            charge["disputed"] = True
+            self._emit("charge.dispute.created", dispute, ctx)
+            self._emit("charge.dispute.funds_withdrawn", dispute, ctx)
+            return copy.deepcopy(dispute)
+
+    def _dispute(self, dp_id: str) -> Dict[str, Any]:
+        if dp_id not in self.disputes:
+            raise errors.resource_missing("dispute", dp_id, "dispute")
+        return self.disputes[dp_id]
+
+    @staticmethod
+    def _open_or_raise(dispute: Dict[str, Any]) -> None:
+        if dispute["status"] in ("won", "lost", "warning_closed", "prevented"):
+            raise errors.invalid_request(
+                "This dispute is already closed (status `%s`)." % dispute["status"], "dispute")
+
+    def retrieve_dispute(self, dp_id: str) -> Dict[str, Any]:
+        with self.lock:
+            return copy.deepcopy(self._dispute(dp_id))
+
+    def list_disputes(self, p: Dict[str, Any]) -> Dict[str, Any]:
+        with self.lock:
+            items = [d for d in reversed(list(self.disputes.values()))
+                     if ("charge" not in p or d["charge"] == p["charge"])
+                     and ("payment_intent" not in p or d["payment_intent"] == p["payment_intent"])
+                     and _created_filter(p.get("created"), d["created"])]
+            return self.paginate(items, p, "/v1/disputes", "dispute")
+
+    def update_dispute(self, dp_id: str, p: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
+        """Stage or submit evidence. Test mode as in Stripe: submitting ``uncategorized_text`` of
+        ``winning_evidence`` wins the dispute, ``losing_evidence`` loses it."""
+        with self.lock:
+            dispute = self._dispute(dp_id)
+            self._open_or_raise(dispute)
+            before = copy.deepcopy(dispute)
+            evidence = p.get("evidence") or {}
+            if not isinstance(evidence, dict):
+                raise errors.invalid_value("Invalid object", "evidence")
+            for key, value in evidence.items():
+                if key in _EVIDENCE_FIELDS:
+                    dispute["evidence"][key] = value or None
+            if "metadata" in p:
+                dispute["metadata"] = _merge_metadata(dispute["metadata"], p["metadata"])
+            if evidence:
+                dispute["evidence_details"]["has_evidence"] = True
+            if p.get("submit", True):
+                dispute["evidence_details"]["submission_count"] += 1
+                dispute["status"] = "under_review"
+            previous = _diff(before, dispute)
+            if previous:
+                self._emit("charge.dispute.updated", dispute, ctx, previous)
+            text = dispute["evidence"].get("uncategorized_text")
+            if dispute["status"] == "under_review" and text in ("winning_evidence", "losing_evidence"):
+                self._close_dispute(dispute, "won" if text == "winning_evidence" else "lost", ctx)
+            return copy.deepcopy(dispute)
+
+    def close_dispute(self, dp_id: str, ctx: Context) -> Dict[str, Any]:
+        """Accept the dispute: it is lost, the funds stay with the cardholder."""
+        with self.lock:
+            dispute = self._dispute(dp_id)
+            self._open_or_raise(dispute)
+            self._close_dispute(dispute, "lost", ctx)
+            return copy.deepcopy(dispute)
+
+    def _close_dispute(self, dispute: Dict[str, Any], status: str, ctx: Context) -> None:
+        before = copy.deepcopy(dispute)
+        dispute["status"] = status
+        self._emit("charge.dispute.closed", dispute, ctx, _diff(before, dispute))
+        if status == "won":
+            dispute["balance_transactions"].append(self._dispute_transaction(
+                dispute, dispute["amount"], -1500, "Chargeback reversal for %s" % dispute["charge"]))
+            self._emit("charge.dispute.funds_reinstated", dispute, ctx)
+
+    # ----------------------------------------------------------------- refunds
+    def create_refund(self, p: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
+        with self.lock:
+            if p.get("charge"):
+                charge = self.charges.get(p["charge"])
+                if charge is None:
+                    raise errors.resource_missing("charge", p["charge"], "charge")
+            elif p.get("payment_intent"):
+                charge = next((c for c in self.charges.values() if c["payment_intent"] == p["payment_intent"]
+                               and c["status"] == "succeeded"), None)
+                if charge is None:
+                    raise errors.resource_missing("payment_intent", p["payment_intent"], "payment_intent")
+            else:
+                raise errors.param_error("One of the following params should be provided for this request: "
+                                         "payment_intent or charge.", None, "parameter_missing")
+            if charge["status"] != "succeeded":
+                raise errors.invalid_request("Charge %s has not been captured: nothing to refund." % charge["id"],
+                                             "charge")
+            if charge["disputed"]:
+                raise errors.invalid_request("Charge %s has been charged back; cannot issue a refund."
+                                             % charge["id"], "charge", "charge_disputed")
+            remaining = charge["amount"] - charge["amount_refunded"]
+            amount = p.get("amount", remaining)
+            if not isinstance(amount, int) or amount <= 0 or amount > remaining:
+                raise errors.invalid_request(
+                    "Refund amount (%s) is greater than unrefunded amount on charge (%s)" % (amount, remaining),
+                    "amount", "amount_too_large" if isinstance(amount, int) and amount > 0 else None)
+            refund = {
+                "id": new_id("re"),
+                "object": "refund",
+                "amount": amount,
+                "balance_transaction": new_id("txn"),
+                "charge": charge["id"],
+                "created": self.clock(),
+                "currency": charge["currency"],
+                "metadata": _merge_metadata({}, p.get("metadata")),
+                "payment_intent": charge["payment_intent"],
+                "reason": p.get("reason"),
+                "receipt_number": None,
+                "source_transfer_reversal": None,
+                "status": "succeeded",
+                "transfer_reversal": None,
+            }
+            self.refunds[refund["id"]] = refund
+            before = copy.deepcopy(charge)
+            charge["amount_refunded"] += amount
+            charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+            self._emit("charge.refunded", charge, ctx, _diff(before, charge))
+            self._emit("refund.created", refund, ctx)
+            return copy.deepcopy(refund)
+
+    def retrieve_refund(self, re_id: str) -> Dict[str, Any]:
+        with self.lock:
+            if re_id not in self.refunds:
+                raise errors.resource_missing("refund", re_id, "refund")
+            return copy.deepcopy(self.refunds[re_id])
+
+    # ------------------------------------------------------- webhook endpoints
+    def create_webhook_endpoint(self, p: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
+        """Register an endpoint (its `secret` is returned once, on create, as in Stripe).
+
+        Deliveries still go to the control API's target (``/_emulator/webhooks``), signed with its secret,
+        which is the secret handed out here.
+        """
+        with self.lock:
+            url, events = p.get("url"), p.get("enabled_events")
+            if not url:
+                raise errors.missing_parameter("url")
+            if not events:
+                raise errors.missing_parameter("enabled_events")
+            if not str(url).startswith(("http://", "https://")):
+                raise errors.invalid_value("Invalid URL: %s" % url, "url")
+            endpoint = {
+                "id": new_id("we"),
+                "object": "webhook_endpoint",
+                "api_version": p.get("api_version") or None,
+                "application": None,
+                "created": self.clock(),
+                "description": p.get("description") or None,
+                "enabled_events": sorted(set(events)),
+                "livemode": False,
+                "metadata": _merge_metadata({}, p.get("metadata")),
+                "status": "enabled",
+                "url": url,
+            }
+            self.webhook_endpoints[endpoint["id"]] = endpoint
+            secret = self.dispatcher.settings.secret if self.dispatcher is not None else None
+            return dict(copy.deepcopy(endpoint), secret=secret or "whsec_" + secrets.token_hex(16))
+
+    def _webhook_endpoint(self, we_id: str) -> Dict[str, Any]:
+        if we_id not in self.webhook_endpoints:
+            raise errors.resource_missing("webhook endpoint", we_id, "webhook_endpoint")
+        return self.webhook_endpoints[we_id]
+
+    def retrieve_webhook_endpoint(self, we_id: str) -> Dict[str, Any]:
+        with self.lock:
+            return copy.deepcopy(self._webhook_endpoint(we_id))
+
+    def update_webhook_endpoint(self, we_id: str, p: Dict[str, Any]) -> Dict[str, Any]:
+        with self.lock:
+            endpoint = self._webhook_endpoint(we_id)
+            if p.get("enabled_events"):
+                endpoint["enabled_events"] = sorted(set(p["enabled_events"]))
+            for key in ("url", "description"):
+                if key in p:
+                    endpoint[key] = p[key] or (endpoint[key] if key == "url" else None)
+            if "disabled" in p:
+                endpoint["status"] = "disabled" if p["disabled"] else "enabled"
+            if "metadata" in p:
+                endpoint["metadata"] = _merge_metadata(endpoint["metadata"], p["metadata"])
+            return copy.deepcopy(endpoint)
+
+    def delete_webhook_endpoint(self, we_id: str) -> Dict[str, Any]:
+        with self.lock:
+            self._webhook_endpoint(we_id)
+            del self.webhook_endpoints[we_id]
+            return {"id": we_id, "object": "webhook_endpoint", "deleted": True}
+
+    def list_webhook_endpoints(self, p: Dict[str, Any]) -> Dict[str, Any]:
+        with self.lock:
+            return self.paginate(list(reversed(list(self.webhook_endpoints.values()))), p,
+                                 "/v1/webhook_endpoints", "webhook endpoint")
+
+    # ------------------------------------------ billing portal configurations
+    def _default_portal_configuration(self) -> Dict[str, Any]:
+        """The account's default portal configuration (what saving the Dashboard's portal settings makes)."""
+        bpc_id = self._portal_configuration
+        if bpc_id not in self.portal_configurations:
+            ts = self.clock()
+            self.portal_configurations[bpc_id] = {
+                "id": bpc_id,
+                "object": "billing_portal.configuration",
+                "active": True,
+                "application": None,
+                "business_profile": {"headline": None, "privacy_policy_url": None, "terms_of_service_url": None},
+                "created": ts,
+                "default_return_url": None,
+                "features": {
+                    "customer_update": {"allowed_updates": ["email", "address"], "enabled": True},
+                    "invoice_history": {"enabled": True},
+                    "payment_method_update": {"enabled": True, "payment_method_configuration": None},
+                    "subscription_cancel": {
+                        "cancellation_reason": {"enabled": False, "feedback_options": None, "options": []},
+                        "enabled": False, "mode": "at_period_end", "proration_behavior": "none"},
+                    "subscription_update": {"billing_cycle_anchor": None, "default_allowed_updates": [],
+                                            "enabled": False, "products": [], "proration_behavior": "none",
+                                            "schedule_at_period_end": {"conditions": []},
+                                            "trial_update_behavior": "end_trial"},
+                },
+                "is_default": True,
+                "livemode": False,
+                "login_page": {"enabled": False, "url": None},
+                "metadata": {},
+                "name": None,
+                "updated": ts,
+            }
+        return self.portal_configurations[bpc_id]
+
+    def _portal_config(self, bpc_id: str) -> Dict[str, Any]:
+        self._default_portal_configuration()
+        if bpc_id not in self.portal_configurations:
+            raise errors.resource_missing("configuration", bpc_id, "configuration")
+        return self.portal_configurations[bpc_id]
+
+    def list_portal_configurations(self, p: Dict[str, Any]) -> Dict[str, Any]:
+        with self.lock:
+            self._default_portal_configuration()
+            items = [c for c in reversed(list(self.portal_configurations.values()))
+                     if ("is_default" not in p or c["is_default"] == p["is_default"])
+                     and ("active" not in p or c["active"] == p["active"])]
+            return self.paginate(items, p, "/v1/billing_portal/configurations", "configuration")
+
+    def retrieve_portal_configuration(self, bpc_id: str) -> Dict[str, Any]:
+        with self.lock:
+            return copy.deepcopy(self._portal_config(bpc_id))
+
+    def update_portal_configuration(self, bpc_id: str, p: Dict[str, Any]) -> Dict[str, Any]:
+        """Settings the product checks: active, default_return_url, business_profile, the features' `enabled`."""
+        with self.lock:
+            config = self._portal_config(bpc_id)
+            if "active" in p:
+                config["active"] = bool(p["active"])
+            if "default_return_url" in p:
+                config["default_return_url"] = p["default_return_url"] or None
+            for key, value in (p.get("business_profile") or {}).items():
+                if key in config["business_profile"]:
+                    config["business_profile"][key] = value or None
+            for name, settings in (p.get("features") or {}).items():
+                if name in config["features"] and isinstance(settings, dict) and "enabled" in settings:
+                    config["features"][name]["enabled"] = bool(settings["enabled"])
+            config["updated"] = self.clock()
+            return copy.deepcopy(config)
 
     # ------------------------------------------------------ billing portal
     def create_portal_session(self, p: Dict[str, Any], ctx: Context) -> Dict[str, Any]:

@@ -242,7 +242,7 @@ def test_stripe_faults_still_charge_every_invoice_exactly_once(app, plans, emula
         assert inv.status == InvoiceStatus.PAID, (tenant.id, inv.status)
         live = [i for i in stripe_invoices(emulator, tenant.stripe_customer_id) if i["status"] != "void"]
         assert [i["id"] for i in live] == [inv.stripe_invoice_id]
-        assert live[0]["lines"]["total_count"] == len(inv.lines)
+        assert len(live[0]["lines"]["data"]) == len(inv.lines)
         charges = charges_for(emulator, tenant.stripe_customer_id)
         assert [c["amount"] for c in charges] == [inv.amount_due], tenant.id
     numbers = sorted(i.number for tid in ids for i in invoices_of(tid) if i.number)

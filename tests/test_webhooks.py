@@ -403,10 +403,10 @@ def test_a_dispute_flags_the_invoice_and_the_tenant(app, plans, emulator, live_s
     assert september.status == october.status == InvoiceStatus.PAID
     assert september.amount_paid != october.amount_paid
     [charge] = [c for c in emulator.charges() if c["invoice"] == october.stripe_invoice_id]
-    # The emulator does not open disputes: this is the event Stripe sends, signed with the app's secret.
-    dispute = make_event("charge.dispute.created", {
-        "id": "dp_test_1", "object": "dispute", "amount": charge["amount"], "currency": "usd", "charge": charge["id"],
-        "reason": "fraudulent", "status": "needs_response", "payment_intent": None})
+    # The bank disputes October's charge; Stripe's event names the charge, not the invoice.
+    emulator._call("POST", f"/_emulator/invoices/{october.stripe_invoice_id}/dispute", {})
+    [dispute] = emulator.events("charge.dispute.created")
+    assert dispute["data"]["object"]["charge"] == charge["id"]
     assert post_event(webhook_url(live_server), dispute, app.config["STRIPE_WEBHOOK_SECRET"]).status_code == 200
     run_jobs()
     assert reload(october).disputed is True and reload(september).disputed is False

@@ -86,6 +86,9 @@ def build_spec() -> dict:
                               "content": {"application/json": {"schema": "BillingCustomer"}}},
                       **_errors(401, 403, 404, 422)},
     }})
+    from app.api.entitlements import add_to_spec as add_entitlements  # GET /api/entitlements (issue 16)
+
+    add_entitlements(spec)
     return spec.to_dict()
 
 

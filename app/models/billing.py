@@ -71,6 +71,15 @@ class Invoice(TenantScoped, TimestampMixin, db.Model):
     hard_decline: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     next_payment_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     disputed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # The latest Stripe dispute on the charge that paid this invoice and its Stripe status (needs_response,
+    # under_review, won, lost, ...); `disputed` stays true while it is open or once it is lost.
+    stripe_dispute_id: Mapped[str | None] = mapped_column(String(64))
+    dispute_status: Mapped[str | None] = mapped_column(String(40))
+    # Refunded on Stripe's side (the paying charge's amount_refunded), whoever issued the refund.
+    amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Stripe's own invoice number and PDF link (ours is `number`), recorded when Stripe finalizes it.
+    stripe_number: Mapped[str | None] = mapped_column(String(64))
+    invoice_pdf_url: Mapped[str | None] = mapped_column(Text)
     # When a webhook last re-read this invoice from Stripe: later events created before it need no re-read.
     stripe_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -143,3 +152,15 @@ class BillingRun(db.Model):
     started_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class BillingRunOutcome(db.Model):
+    """How many tenants of a billing run ended with each result and reason (the run's "why" breakdown)."""
+
+    __tablename__ = "billing_run_outcomes"
+
+    run_id: Mapped[int] = mapped_column(BigIntPK, ForeignKey("billing_runs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    result: Mapped[str] = mapped_column(String(20), primary_key=True)  # invoicing.RunResult
+    reason: Mapped[str] = mapped_column(String(40), primary_key=True)  # invoicing.Reason
+    tenants: Mapped[int] = mapped_column(Integer, default=0)

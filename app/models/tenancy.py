@@ -5,12 +5,15 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Date, ForeignKey, Integer, Numeric, String, Text, text,
-                        UniqueConstraint)
+from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Date, ForeignKey, Index, Integer, Numeric, String, Text,
+                        text, UniqueConstraint)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
-from app.models.base import BigIntPK, TenantScoped, TimestampMixin, UTCDateTime
+from app.models.base import BigIntPK, TenantScoped, TimestampMixin, UTCDateTime, utcnow
+
+# A tenant whose status or dunning stage differs from what services were last told about.
+ENTITLEMENTS_STALE = "entitlements_state <> (status || ':' || dunning_stage)"
 
 
 class TenantStatus(StrEnum):
@@ -59,7 +62,13 @@ class PlanPrice(db.Model):
 
 class Tenant(TimestampMixin, db.Model):
     __tablename__ = "tenants"
-    __table_args__ = (CheckConstraint("overdue_days >= 0", name="overdue_nonneg"),)
+    __table_args__ = (
+        CheckConstraint("overdue_days >= 0", name="overdue_nonneg"),
+        # Tenants whose entitlements changed since services were last told (app/services/entitlements.py).
+        Index("ix_tenants_entitlements_stale", "id", postgresql_where=text(ENTITLEMENTS_STALE),
+              sqlite_where=text(ENTITLEMENTS_STALE)),
+        Index("ix_tenants_entitlements_updated_at", "entitlements_updated_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -75,6 +84,10 @@ class Tenant(TimestampMixin, db.Model):
     billing_error: Mapped[str | None] = mapped_column(Text)
     billing_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     disputed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # "<status>:<dunning_stage>" as services were last told, and when their entitlements last changed.
+    entitlements_state: Mapped[str] = mapped_column(String(60), server_default="active:ok")
+    entitlements_updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow,
+                                                              server_default=text("CURRENT_TIMESTAMP"))
 
     plan_obj: Mapped[Plan] = relationship(foreign_keys=[plan], lazy="joined")
     users: Mapped[list["User"]] = relationship(back_populates="tenant")

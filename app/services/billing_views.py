@@ -22,8 +22,8 @@ from typing import Any, Mapping
 from sqlalchemy import String, and_, case, func, literal, or_, select, union_all
 
 from app.extensions import db
-from app.models import (AuditLog, BillingRun, DunningStage, Invoice, InvoiceStatus, Plan, PlanPrice, Tenant,
-                        utcnow)
+from app.models import (AuditLog, BillingRun, BillingRunOutcome, DunningStage, Invoice, InvoiceSequence,
+                        InvoiceStatus, Plan, PlanPrice, Tenant, utcnow)
 from app.services import clock, pricing
 from app.services.usage import month_usage
 
@@ -316,6 +316,7 @@ class Overview:
     aged: list[AgedBalance]
     stage_counts: dict[str, int]
     month_start: date
+    work_period: str | None = None  # the latest month of the pickers that still has tenants to invoice
 
     @property
     def tenants(self) -> int:
@@ -323,7 +324,8 @@ class Overview:
 
 
 def overview(*, now: datetime | None = None) -> Overview:
-    """Aged open balance (by days overdue), money collected this month and tenants per stage: one statement."""
+    """Aged open balance (by days overdue), money collected this month, tenants per stage and the month that has
+    work (see work_period): one statement."""
     now = now or utcnow()
     today = clock.today(now)
     tz = clock.billing_tz()
@@ -346,13 +348,25 @@ def overview(*, now: datetime | None = None) -> Overview:
                     func.sum(amount), func.count())
              .where(or_(i.c.status == InvoiceStatus.OPEN.value, paid_this_month))
              .group_by(i.c.currency, bucket))
-    stages = select(literal("stage", String), t.c.dunning_stage, literal(0), func.count(), literal(0)) \
-        .group_by(t.c.dunning_stage)
+    # Tenants per stage, split by the oldest picker month each was billable for (see work_period).
+    choices = period_choices(today)
+    born = case(*[(t.c.created_at < _period_end(p), n) for n, p in reversed(list(enumerate(choices)))], else_=-1)
+    tb = select(t.c.dunning_stage, born.label("born")).subquery("tb")
+    stages = select(literal("stage", String), tb.c.dunning_stage, tb.c.born, func.count(), literal(0)) \
+        .group_by(tb.c.dunning_stage, tb.c.born)
+    seq = InvoiceSequence.__table__
+    numbered = select(literal("numbered", String), seq.c.prefix, literal(0), seq.c.last_value, literal(0)) \
+        .where(seq.c.prefix.in_([_number_prefix(p) for p in choices]))
     counts = {s: 0 for s in STAGES}
     sums: dict[str, dict[int, tuple[int, int]]] = {}
-    for kind, key, bkt, total, number in db.session.execute(union_all(money, stages)).all():
+    billable_from: dict[int, int] = {}
+    numbers: dict[str, int] = {}
+    for kind, key, bkt, total, number in db.session.execute(union_all(money, stages, numbered)).all():
         if kind == "stage":
-            counts[key] = int(total or 0)
+            counts[key] = counts.get(key, 0) + int(total or 0)
+            billable_from[int(bkt)] = billable_from.get(int(bkt), 0) + int(total or 0)
+        elif kind == "numbered":
+            numbers[key] = int(total or 0)
         else:
             sums.setdefault(key, {})[int(bkt)] = (int(total or 0), int(number or 0))
     aged: list[AgedBalance] = []
@@ -363,12 +377,75 @@ def overview(*, now: datetime | None = None) -> Overview:
                    for n, (label, _lo, _hi) in enumerate(BUCKETS)]
         aged.append(AgedBalance(currency=currency, buckets=buckets, open_total=open_total,
                                 collected_this_month=by_bucket.get(-1, (0, 0))[0]))
-    return Overview(aged=aged, stage_counts=counts, month_start=month_start)
+    return Overview(aged=aged, stage_counts=counts, month_start=month_start,
+                    work_period=work_period(choices, billable_from, numbers))
 
+
+def _period_end(period: str) -> datetime:
+    from app.services.invoicing import period_end_utc
+
+    return period_end_utc(*clock.parse_period(period))
+
+
+def _number_prefix(period: str) -> str:
+    from app.services.invoicing import NUMBER_PREFIX
+
+    return f"{NUMBER_PREFIX}-{period}"
+
+
+def work_period(choices: list[str], billable_from: dict[int, int], numbers: dict[str, int]) -> str | None:
+    """The newest month in `choices` (newest first) with more billable tenants than numbered invoices.
+
+    billable_from[n] counts the tenants billable from choices[n] on (created before its end; -1: none), so
+    month n has Σ billable_from[k ≥ n] billable tenants. Numbered invoices are counted from invoice_sequences
+    (one row per month), not from the invoices table: a voided and never re-issued invoice keeps its number, so
+    such a month does not count as having work — a deliberate void is not work left undone.
+    """
+    billable = 0
+    per_month = []
+    for n in range(len(choices) - 1, -1, -1):
+        billable += billable_from.get(n, 0)
+        per_month.append((n, billable))
+    for n, tenants in sorted(per_month):
+        if tenants > numbers.get(_number_prefix(choices[n]), 0):
+            return choices[n]
+    return None
+
+
+def tenant_work_period(tenant: Tenant, invoices: list[Invoice], today: date | None = None) -> str:
+    """The month a force-run of one tenant defaults to: its newest billable month without a live invoice, else
+    the previous month (from invoices already loaded: no query)."""
+    done = {inv.period_start.strftime("%Y-%m") for inv in invoices
+            if inv.status not in (InvoiceStatus.VOID, InvoiceStatus.DRAFT)}
+    choices = period_choices(today)
+    for period in choices:
+        if tenant.created_at < _period_end(period) and period not in done:
+            return period
+    return choices[0]
 
 def latest_run() -> BillingRun | None:
     """The most recent "run all tenants" (for its progress bar)."""
     return db.session.scalar(select(BillingRun).order_by(BillingRun.id.desc()).limit(1))
+
+
+def run_with_summary(run_id: int | None = None):
+    """A billing run (the latest when no id is given) and its tenants by result and reason: one statement.
+
+    Returns (run, summary) — (None, empty summary) when there is no such run.
+    """
+    from app.services.invoicing import RunSummary
+
+    wanted = run_id if run_id is not None else (
+        select(BillingRun.id).order_by(BillingRun.id.desc()).limit(1).scalar_subquery())
+    rows = db.session.execute(
+        select(BillingRun, BillingRunOutcome.result, BillingRunOutcome.reason, BillingRunOutcome.tenants)
+        .outerjoin(BillingRunOutcome, BillingRunOutcome.run_id == BillingRun.id)
+        .where(BillingRun.id == wanted)).all()
+    summary = RunSummary()
+    for _run, result, reason, tenants in rows:
+        if result is not None:
+            summary.add(result, reason, tenants)
+    return (rows[0][0] if rows else None), summary
 
 
 def failed_webhook_events(limit: int = 20) -> list[Any] | None:
@@ -481,12 +558,18 @@ def describe_outcome(outcome: Any) -> tuple[str, str]:
     """A sentence and a tone for an InvoiceOutcome (the invoice job's result)."""
     if outcome is None:
         return "Finished.", "info"
+    from app.services.invoicing import REASON_LABELS, Reason
+
     result = str(getattr(outcome, "result", ""))
     payment = getattr(outcome, "payment", None)
     status = getattr(outcome, "invoice_status", None)
     reason = getattr(outcome, "reason", None)
+    code = getattr(outcome, "code", None)  # absent from results of jobs queued before reasons existed
     if result == "failed":
-        return f"Invoicing failed: {reason or 'unknown error'}", "bad"
+        if code == Reason.STRIPE_UNREACHABLE:
+            return "Stripe is not reachable: nothing was invoiced or charged; the next run retries.", "bad"
+        label = REASON_LABELS.get(code) if code not in (None, Reason.ERROR) else None
+        return f"Invoicing failed{f' ({label})' if label else ''}: {reason or 'unknown error'}", "bad"
     if payment == "succeeded" or (payment is None and status == InvoiceStatus.PAID.value and result == "invoiced"):
         return "Invoiced and paid.", "ok"
     if payment == "failed":
@@ -497,8 +580,14 @@ def describe_outcome(outcome: Any) -> tuple[str, str]:
         return f"Invoiced; the charge could not be made now and will be retried ({reason or 'Stripe error'}).", \
             "bad"
     if result == "skipped":
+        if code == Reason.CREATED_AFTER_PERIOD:
+            period = getattr(outcome, "period", "")
+            return f"Nothing to do: the tenant was created after {period}, so it is not billed for it.", "info"
+        if code in (Reason.CHARGE_RETRY, Reason.STRIPE_REFUSED):
+            return f"Not charged now: {reason}", "bad"
         shown = f" (invoice {status})" if status else ""
-        return f"Nothing to do: {reason or 'already done'}{shown}.", "ok" if status == "paid" else "info"
+        why = REASON_LABELS.get(code) or reason or "already done"
+        return f"Nothing to do: {why}{shown}.", "ok" if status == "paid" else "info"
     return f"Invoiced{f' ({status})' if status else ''}.", "ok" if status == "paid" else "info"
 
 

@@ -7,7 +7,7 @@ from sqlalchemy import select, update
 
 from app import stripe_gateway
 from app.extensions import db
-from app.models import Tenant
+from app.models import AuditLog, Tenant
 
 
 @dataclass
@@ -28,7 +28,10 @@ def ensure_customer(tenant_id: int) -> str:
         raise LookupError(f"tenant {tenant_id} not found")
     if tenant.stripe_customer_id:
         return tenant.stripe_customer_id
-    customer_id = stripe_gateway.create_customer(tenant.id, tenant.name, tenant.billing_email)
+    # Each customer deleted in Stripe (customer.deleted) moves the key on, or Stripe would replay the dead one.
+    deleted = db.session.scalar(select(db.func.count(AuditLog.id)).where(
+        AuditLog.tenant_id == tenant_id, AuditLog.action == "stripe.customer_deleted"))
+    customer_id = stripe_gateway.create_customer(tenant.id, tenant.name, tenant.billing_email, deleted or 0)
     db.session.execute(
         update(Tenant).where(Tenant.id == tenant_id, Tenant.stripe_customer_id.is_(None))
         .values(stripe_customer_id=customer_id)
@@ -39,7 +42,11 @@ def ensure_customer(tenant_id: int) -> str:
 
 
 def sync_customers() -> SyncResult:
-    """Create missing Stripe customers for every tenant; a second run creates nothing."""
+    """Create missing Stripe customers for every tenant; a second run creates nothing.
+
+    Stripe unreachable raises the GatewayError at once (no other tenant could succeed); the customers created
+    before it are kept.
+    """
     result = SyncResult()
     missing = db.session.scalars(select(Tenant.id).where(Tenant.stripe_customer_id.is_(None)).order_by(Tenant.id))
     ids = list(missing)
@@ -50,5 +57,7 @@ def sync_customers() -> SyncResult:
             result.created += 1
         except stripe_gateway.GatewayError as err:
             db.session.rollback()
+            if err.unreachable:
+                raise
             result.failed[tenant_id] = str(err)
     return result

@@ -317,7 +317,9 @@ def record_changes(applied: list[Change], *, as_of: date, now: datetime, th: Thr
     ids = [c.tenant_id for c in applied]
     tenants = _load_tenants(ids)
     open_invoices = _open_invoices(ids)
-    last_invoice = _last_dunned_invoice([c.tenant_id for c in applied if c.to_stage == DunningStage.OK])
+    # Moves down the ladder say why: the invoice named by the tenant's latest move into dunning (now paid,
+    # voided or written off), which is what brought it down.
+    last_invoice = _last_dunned_invoice([c.tenant_id for c in applied if RANK[c.to_stage] < RANK[c.from_stage]])
     recipients = recipients_for(tenants.values())
 
     events: list[dict[str, Any]] = []
@@ -336,7 +338,8 @@ def record_changes(applied: list[Change], *, as_of: date, now: datetime, th: Thr
         events.append({"tenant_id": c.tenant_id, "from_stage": c.from_stage.value, "to_stage": c.to_stage.value,
                        "reason": reason[:255], "invoice_id": invoice.id if invoice else None,
                        "overdue_days": c.overdue_days, "as_of": as_of, "created_at": now})
-        mail = _stage_email(c, tenant, invoice, info, exempt=exempt, as_of=as_of, th=th, tz=tz)
+        mail = _stage_email(c, tenant, invoice, info, exempt=exempt, as_of=as_of, th=th, tz=tz,
+                            settled_by=settled_by(last_invoice.get(c.tenant_id)))
         if mail is None:
             continue
         to = recipients.get(c.tenant_id)
@@ -392,10 +395,21 @@ def _last_dunned_invoice(ids: list[int]) -> dict[int, Any]:
     return out
 
 
+def settled_by(invoice: Any) -> str | None:
+    """How an invoice stopped being owed — "paid", "voided" or "written_off" (uncollectible) — or None if it is not
+    settled. The emails word each differently: only a payment is thanked for."""
+    if invoice is None:
+        return None
+    return {InvoiceStatus.PAID: "paid", InvoiceStatus.VOID: "voided",
+            InvoiceStatus.UNCOLLECTIBLE: "written_off"}.get(InvoiceStatus(invoice.status))
+
+
 def _restored_reason(invoice: Any, overdue_days: int) -> str:
     label = (invoice.number or f"#{invoice.id}") if invoice else None
     if invoice is not None and invoice.status == InvoiceStatus.VOID:
         return f"invoice {label} voided"
+    if invoice is not None and invoice.status == InvoiceStatus.UNCOLLECTIBLE:
+        return f"invoice {label} written off (uncollectible)"
     if invoice is not None and invoice.status == InvoiceStatus.PAID:
         return f"invoice {label} paid" + (" out of band" if invoice.paid_out_of_band else "")
     if overdue_days:
@@ -411,10 +425,14 @@ def _settled(invoice: Any, overdue_days: int) -> bool:
 
 
 def _stage_email(c: Change, tenant: Any, invoice: Any, info: _OpenInvoices, *, exempt: bool, as_of: date,
-                 th: Thresholds, tz: ZoneInfo):
-    """(kind, dedupe_key, rendered) of the one email announcing this change, or None."""
+                 th: Thresholds, tz: ZoneInfo, settled_by: str | None = None):
+    """(kind, dedupe_key, rendered) of the one email announcing this change, or None.
+
+    `settled_by` says how the invoice that brought a tenant down the ladder stopped being owed (see settled_by).
+    """
     base = {"tenant": tenant, "from_stage": c.from_stage.value, "to_stage": c.to_stage.value, "as_of": as_of,
-            "overdue_days": c.overdue_days, "amount": info.amount() if info.balances else None}
+            "overdue_days": c.overdue_days, "amount": info.amount() if info.balances else None,
+            "settled_by": settled_by}
     inv_part = f"invoice:{invoice.id}" if invoice else f"day:{as_of.isoformat()}"
     if c.to_stage == DunningStage.OK:
         if exempt:
@@ -422,7 +440,7 @@ def _stage_email(c: Change, tenant: Any, invoice: Any, info: _OpenInvoices, *, e
             return "dunning_arrangement", key, render_email("dunning_arrangement", exempt_until=c.exempt_until, **base)
         if not _settled(invoice, c.overdue_days):
             return None  # thresholds were raised: service comes back, but nothing was paid to thank them for
-        reason = "voided" if invoice is not None and invoice.status == InvoiceStatus.VOID else "paid"
+        reason = settled_by or "settled"  # "settled": nothing overdue, and no invoice to say why
         label = (invoice.number or f"#{invoice.id}") if invoice else None
         return ("dunning_restored", f"stage:ok:tenant:{tenant.id}:{inv_part}",
                 render_email("dunning_restored", reason=reason, invoice_label=label, **base))

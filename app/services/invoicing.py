@@ -25,8 +25,8 @@ from sqlalchemy.exc import IntegrityError
 from app import stripe_gateway as gateway
 from app.stripe_gateway import GatewayError, Outcome
 from app.extensions import db
-from app.models import (BillingRun, Invoice, InvoiceLine, InvoiceSequence, InvoiceStatus, Plan, Tenant,
-                        utcnow)
+from app.models import (BillingRun, BillingRunOutcome, Invoice, InvoiceLine, InvoiceSequence, InvoiceStatus, Plan,
+                        Tenant, utcnow)
 from app.services import clock, payments, pricing
 from app.services.customers import ensure_customer
 
@@ -42,6 +42,40 @@ class RunResult(StrEnum):
     FAILED = "failed"  # recorded on the tenant (billing_error); the next run resumes where this one stopped
 
 
+class Reason(StrEnum):
+    """Why one tenant's run ended as it did: the code run summaries count (CLI, run-all, force-run)."""
+
+    # invoiced
+    PAID = "paid"
+    PAYMENT_FAILED = "payment_failed"
+    ACTION_REQUIRED = "action_required"
+    CHARGE_RETRY = "charge_retry"  # Stripe could not take the charge now; the retry schedule will
+    NOT_CHARGED = "not_charged"
+    # skipped
+    CREATED_AFTER_PERIOD = "created_after_period"
+    ALREADY_INVOICED = "already_invoiced"
+    ALREADY_RUNNING = "already_running"
+    BEING_CHARGED = "being_charged"
+    # failed (or a skipped charge)
+    STRIPE_UNREACHABLE = "stripe_unreachable"
+    STRIPE_BUSY = "stripe_busy"
+    NO_STRIPE_CUSTOMER = "no_stripe_customer"
+    STRIPE_REFUSED = "stripe_refused"
+    ERROR = "error"
+
+
+#: How each reason reads in a summary ("skipped 2: already invoiced 1, created after the period 1").
+REASON_LABELS: dict[str, str] = {
+    Reason.PAID: "paid", Reason.PAYMENT_FAILED: "payment declined",
+    Reason.ACTION_REQUIRED: "customer must authenticate the payment", Reason.CHARGE_RETRY: "charge to be retried",
+    Reason.NOT_CHARGED: "not charged", Reason.CREATED_AFTER_PERIOD: "created after the period",
+    Reason.ALREADY_INVOICED: "already invoiced", Reason.ALREADY_RUNNING: "already running elsewhere",
+    Reason.BEING_CHARGED: "being charged right now", Reason.STRIPE_UNREACHABLE: "Stripe unreachable",
+    Reason.STRIPE_BUSY: "Stripe busy or failing", Reason.NO_STRIPE_CUSTOMER: "no Stripe customer",
+    Reason.STRIPE_REFUSED: "refused by Stripe", Reason.ERROR: "error",
+}
+
+
 @dataclass
 class InvoiceOutcome:
     """What invoice_and_charge did for one tenant (also the RQ job's result)."""
@@ -52,7 +86,29 @@ class InvoiceOutcome:
     invoice_id: int | None = None
     invoice_status: str | None = None
     payment: str | None = None  # the charge attempt's status, when one was made
-    reason: str | None = None
+    reason: str | None = None  # in words, for people (a decline message, an error)
+    code: str | None = None  # a Reason, for counting
+
+
+class InvoicingError(Exception):
+    """A tenant's run cannot go on, for a known reason (a Reason code and a message)."""
+
+    def __init__(self, code: Reason, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def failure_reason(err: BaseException) -> Reason:
+    """The Reason code of an exception that stopped a tenant's run."""
+    if isinstance(err, InvoicingError):
+        return err.code
+    if isinstance(err, GatewayError):
+        if err.unreachable:
+            return Reason.STRIPE_UNREACHABLE
+        if err.missing_customer:
+            return Reason.NO_STRIPE_CUSTOMER
+        return Reason.STRIPE_BUSY if err.outcome == Outcome.RETRY_LATER else Reason.STRIPE_REFUSED
+    return Reason.ERROR
 
 
 def period_key(year: int, month: int) -> str:
@@ -234,16 +290,20 @@ def invoice_and_charge(tenant_id: int, period: str, trigger: str = "scheduled", 
         outcome = _invoice_and_charge(tenant_id, year, month, trigger, now)
     except Exception as err:  # noqa: BLE001 - one tenant's failure is recorded and never stops the others
         db.session.rollback()
-        log.exception("invoicing tenant %s for %s failed", tenant_id, period)
+        if isinstance(err, (GatewayError, InvoicingError)):  # classified: the message says it all
+            log.warning("invoicing tenant %s for %s failed: %s", tenant_id, period, err)
+        else:
+            log.exception("invoicing tenant %s for %s failed", tenant_id, period)
         reason = str(err) or err.__class__.__name__
         try:
             payments.flag_billing_error(tenant_id, f"invoice {period}: {reason}", now)
         except Exception:  # noqa: BLE001
             db.session.rollback()
             log.exception("could not record the billing error of tenant %s", tenant_id)
-        outcome = InvoiceOutcome(tenant_id, period, RunResult.FAILED, reason=reason)
+        outcome = InvoiceOutcome(tenant_id, period, RunResult.FAILED, reason=reason, code=failure_reason(err))
     if run_id is not None:
-        record_run_progress(run_id, failed=outcome.result == RunResult.FAILED, now=now)
+        record_run_progress(run_id, failed=outcome.result == RunResult.FAILED, now=now,
+                            result=outcome.result, reason=outcome.code)
     return outcome
 
 
@@ -253,19 +313,22 @@ def _invoice_and_charge(tenant_id: int, year: int, month: int, trigger: str, now
     if tenant is None:
         raise LookupError(f"tenant {tenant_id} not found")
     if tenant.created_at >= period_end_utc(year, month):
-        return InvoiceOutcome(tenant_id, period, RunResult.SKIPPED, reason="tenant created after the period")
+        return InvoiceOutcome(tenant_id, period, RunResult.SKIPPED, reason="tenant created after the period",
+                              code=Reason.CREATED_AFTER_PERIOD)
     existing = live_invoice(tenant_id, year, month)
     if existing is not None and existing.status != InvoiceStatus.DRAFT and not _charge_due(existing, now):
-        return _done(tenant_id, period, RunResult.SKIPPED, existing, reason="already done")
+        return _done(tenant_id, period, RunResult.SKIPPED, existing, Reason.ALREADY_INVOICED, "already done")
 
     with payments.work_lock(f"invoice-run-{tenant_id}-{period}") as got_run:
         if not got_run:
-            return InvoiceOutcome(tenant_id, period, RunResult.SKIPPED, reason="already running")
-        customer_id = ensure_customer(tenant_id)
+            return InvoiceOutcome(tenant_id, period, RunResult.SKIPPED, reason="already running",
+                                  code=Reason.ALREADY_RUNNING)
+        customer_id = _customer(tenant)
         invoice = generate_invoice(tenant_id, year, month, now=now)
         with payments.work_lock(payments.invoice_lock_name(invoice.id)) as got:
             if not got:
-                return _done(tenant_id, period, RunResult.SKIPPED, invoice, reason="being charged right now")
+                return _done(tenant_id, period, RunResult.SKIPPED, invoice, Reason.BEING_CHARGED,
+                             "being charged right now")
             db.session.refresh(invoice)
             status_before = invoice.status
             finalize_in_stripe(invoice, customer_id, now=now)
@@ -273,19 +336,44 @@ def _invoice_and_charge(tenant_id: int, year: int, month: int, trigger: str, now
             attempt = None
             if _charge_due(invoice, now):
                 attempt = payments.charge_locked(invoice, trigger=trigger, now=now)
-            worked = invoice.status != status_before or (attempt is not None and attempt.status != payments.SKIPPED)
-    result = RunResult.INVOICED if worked else RunResult.SKIPPED
-    outcome = _done(tenant_id, period, result, invoice, reason=None if worked else "already done")
-    if attempt is not None and attempt.status != payments.SKIPPED:
+            charged = attempt is not None and attempt.status != payments.SKIPPED
+            worked = invoice.status != status_before or charged
+    if not worked:
+        if attempt is not None and attempt.error_message and invoice.status == InvoiceStatus.OPEN:
+            # The charge was due but not made (Stripe could not be read): say so, not "already done".
+            code = Reason.CHARGE_RETRY if invoice.next_payment_attempt_at else Reason.STRIPE_REFUSED
+            return _done(tenant_id, period, RunResult.SKIPPED, invoice, code, attempt.error_message)
+        return _done(tenant_id, period, RunResult.SKIPPED, invoice, Reason.ALREADY_INVOICED, "already done")
+    outcome = _done(tenant_id, period, RunResult.INVOICED, invoice,
+                    _invoiced_reason(invoice, attempt if charged else None))
+    if charged:
         outcome.payment = attempt.status
         if attempt.error_message:
             outcome.reason = attempt.error_message
     return outcome
 
 
-def _done(tenant_id: int, period: str, result: RunResult, invoice: Invoice, reason: str | None = None
-          ) -> InvoiceOutcome:
-    return InvoiceOutcome(tenant_id, period, result, invoice.id, invoice.status, reason=reason)
+def _customer(tenant: Tenant) -> str:
+    """The tenant's Stripe customer, created if missing; InvoicingError when Stripe will not create it."""
+    try:
+        return ensure_customer(tenant.id)
+    except GatewayError as err:
+        if err.unreachable or err.outcome == Outcome.RETRY_LATER:
+            raise
+        raise InvoicingError(Reason.NO_STRIPE_CUSTOMER, f"could not create the Stripe customer: {err.message}"
+                             ) from err
+
+
+def _invoiced_reason(invoice: Invoice, attempt) -> Reason:
+    if invoice.status == InvoiceStatus.PAID or (attempt is not None and attempt.status == "succeeded"):
+        return Reason.PAID
+    return {"failed": Reason.PAYMENT_FAILED, "action_required": Reason.ACTION_REQUIRED,
+            "error": Reason.CHARGE_RETRY}.get(attempt.status if attempt is not None else "", Reason.NOT_CHARGED)
+
+
+def _done(tenant_id: int, period: str, result: RunResult, invoice: Invoice, code: Reason,
+          reason: str | None = None) -> InvoiceOutcome:
+    return InvoiceOutcome(tenant_id, period, result, invoice.id, invoice.status, reason=reason, code=code)
 
 
 # -- all tenants -----------------------------------------------------------------------------------------
@@ -325,11 +413,19 @@ def run_monthly_tick(as_of: date | None = None, *, now: datetime | None = None) 
     return len(due)
 
 
+def created_after_count(year: int, month: int) -> int:
+    """How many tenants were created after a month ended (never billed for it)."""
+    return db.session.scalar(select(func.count(Tenant.id)).where(Tenant.created_at >= period_end_utc(year, month))
+                             ) or 0
+
+
 def start_billing_run(period: str, *, started_by: int | None = None, now: datetime | None = None) -> BillingRun:
     """Force-run every tenant for a period: record a BillingRun and fan out one job per tenant.
 
     Progress: `done` counts tenants finished without error (invoiced or already done), `failed` those that
-    failed; the run is finished (finished_at set) when done + failed = total.
+    failed; the run is finished (finished_at set) when done + failed = total. Each finished tenant is also
+    counted by result and reason (billing_run_outcomes), and so are, at once, the tenants created after the
+    period (not part of `total`: there is nothing to run for them).
     """
     from app.jobs import enqueue_unique
 
@@ -340,6 +436,11 @@ def start_billing_run(period: str, *, started_by: int | None = None, now: dateti
     run = BillingRun(period=period, total=len(tenant_ids), done=0, failed=0, started_by=started_by,
                      started_at=now, finished_at=None if tenant_ids else now)
     db.session.add(run)
+    db.session.flush()
+    later = created_after_count(year, month)
+    if later:
+        db.session.add(BillingRunOutcome(run_id=run.id, result=RunResult.SKIPPED.value,
+                                         reason=Reason.CREATED_AFTER_PERIOD.value, tenants=later))
     db.session.commit()
     for tenant_id in tenant_ids:
         enqueue_unique("billing", "app.jobs.invoice_tenant", tenant_id, period, "manual", run.id,
@@ -347,15 +448,75 @@ def start_billing_run(period: str, *, started_by: int | None = None, now: dateti
     return run
 
 
-def record_run_progress(run_id: int, *, failed: bool, now: datetime | None = None) -> None:
-    """Count one finished tenant on a BillingRun (atomically) and mark the run finished after the last."""
+def record_run_progress(run_id: int, *, failed: bool, now: datetime | None = None, result: str | None = None,
+                        reason: str | None = None) -> None:
+    """Count one finished tenant on a BillingRun (atomically; by result and reason too); finish it after the last."""
     now = now or utcnow()
     runs = BillingRun.__table__
     column = runs.c.failed if failed else runs.c.done
     db.session.execute(update(runs).where(runs.c.id == run_id).values({column: column + 1}))
     db.session.execute(update(runs).where(runs.c.id == run_id, runs.c.finished_at.is_(None),
                                           runs.c.done + runs.c.failed >= runs.c.total).values(finished_at=now))
+    outcomes = BillingRunOutcome.__table__
+    result = str(result or (RunResult.FAILED if failed else RunResult.INVOICED))
+    reason = str(reason or (Reason.ERROR if failed else result))
+    stmt = _insert(outcomes).values(run_id=run_id, result=result, reason=reason, tenants=1)
+    db.session.execute(stmt.on_conflict_do_update(index_elements=["run_id", "result", "reason"],
+                                                  set_={"tenants": outcomes.c.tenants + 1}))
     db.session.commit()
+
+
+# -- summaries (the CLI and the run-all result) -------------------------------------------------------------
+
+@dataclass
+class RunSummary:
+    """Tenants per result and reason: what a run did, and why nothing happened where nothing did."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # result → reason → tenants
+
+    def add(self, result: str, reason: str | None, tenants: int = 1) -> None:
+        by_reason = self.counts.setdefault(str(result), {})
+        key = str(reason or result)
+        by_reason[key] = by_reason.get(key, 0) + tenants
+
+    def total(self, result: str) -> int:
+        return sum(self.counts.get(str(result), {}).values())
+
+    def reasons(self, result: str) -> list[tuple[str, str, int]]:
+        """(code, label, tenants) for one result, most frequent first."""
+        items = sorted(self.counts.get(str(result), {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        return [(code, REASON_LABELS.get(code, code.replace("_", " ")), n) for code, n in items]
+
+    def count(self, reason: str) -> int:
+        return sum(by.get(str(reason), 0) for by in self.counts.values())
+
+    def text(self) -> str:
+        """One line: "invoiced 3 (paid 2, payment declined 1), skipped 1 (already invoiced 1), failed 0"."""
+        parts = []
+        for result in RunResult:
+            detail = ", ".join(f"{label} {n}" for _code, label, n in self.reasons(result))
+            parts.append(f"{result.value} {self.total(result)}" + (f" ({detail})" if detail else ""))
+        return ", ".join(parts)
+
+
+def summarize(outcomes: list[InvoiceOutcome], *, created_after: int = 0) -> RunSummary:
+    """Count a run's outcomes by result and reason (plus tenants created after the period, never run)."""
+    summary = RunSummary()
+    for o in outcomes:
+        summary.add(o.result, o.code)
+    if created_after:
+        summary.add(RunResult.SKIPPED, Reason.CREATED_AFTER_PERIOD, created_after)
+    return summary
+
+
+def run_summary(run_id: int) -> RunSummary:
+    """A billing run's counts by result and reason so far."""
+    summary = RunSummary()
+    for result, reason, tenants in db.session.execute(
+            select(BillingRunOutcome.result, BillingRunOutcome.reason, BillingRunOutcome.tenants)
+            .where(BillingRunOutcome.run_id == run_id)):
+        summary.add(result, reason, tenants)
+    return summary
 
 
 # -- the billing status API ------------------------------------------------------------------------------

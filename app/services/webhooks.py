@@ -342,6 +342,8 @@ class Incoming:
     previous: dict
     created: datetime | None
     now: datetime
+    livemode: bool | None = None
+    account: str | None = None  # set on events of a connected account (Connect)
 
 
 @dataclass(frozen=True)
@@ -376,7 +378,10 @@ def _process_claimed(event_row_id: int, now: datetime) -> str:
         incoming = _incoming(row, now)
         db.session.rollback()  # end the read; handlers run their own transactions
         handler = HANDLERS.get(incoming.type)
-        if handler is None:
+        foreign = _not_for_this_account(incoming)
+        if foreign is not None:
+            result = _ignored(foreign)
+        elif handler is None:
             result = _ignored(f"event type {incoming.type} is not handled")
         else:
             result = handler(incoming)
@@ -458,9 +463,23 @@ def _incoming(row: WebhookEvent, now: datetime) -> Incoming:
     payload = row.payload if isinstance(row.payload, dict) else {}
     data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
     created = payload.get("created")
+    livemode, account = payload.get("livemode"), payload.get("account")
     return Incoming(row_id=row.id, stripe_event_id=row.stripe_event_id, type=row.type,
                     obj=data.get("object") or {}, previous=data.get("previous_attributes") or {},
-                    created=datetime.fromtimestamp(int(created), timezone.utc) if created else None, now=now)
+                    created=datetime.fromtimestamp(int(created), timezone.utc) if created else None, now=now,
+                    livemode=livemode if isinstance(livemode, bool) else None,
+                    account=account if isinstance(account, str) and account else None)
+
+
+def _not_for_this_account(ev: Incoming) -> str | None:
+    """Why an event is not ours to apply (another mode, a connected account), or None."""
+    if ev.account is not None:
+        return f"event of connected account {ev.account}: this app bills its own account only"
+    live = gateway.live_mode()
+    if ev.livemode is not None and ev.livemode != live:
+        return (f"{'live' if ev.livemode else 'test'}-mode event, but the API key is a "
+                f"{'live' if live else 'test'}-mode key")
+    return None
 
 
 def _finish(row_id: int, result: Result, now: datetime) -> str:
@@ -548,12 +567,22 @@ def _invoice_event(ev: Incoming) -> Result:
         read_at = datetime.now(timezone.utc)
         current = gateway.retrieve_invoice(invoice_sid)
         payments.apply_stripe_invoice(invoice, current, now=ev.now)
+        _record_stripe_documents(invoice, current)
         invoice.stripe_synced_at = read_at
     note = extra(ev, invoice, current) if extra else None
     db.session.commit()
     if invoice.status != before or invoice.status != InvoiceStatus.OPEN:
         _reevaluate(tenant_id, ev.now)
     return _processed(note, tenant_id)
+
+
+def _record_stripe_documents(invoice: Invoice, current: Any) -> None:
+    """Keep Stripe's own invoice number and PDF link (set when Stripe finalizes it) for the tenant's page."""
+    number, pdf = _get(current, "number"), _get(current, "invoice_pdf")
+    if isinstance(number, str) and number:
+        invoice.stripe_number = number[:64]
+    if isinstance(pdf, str) and pdf.startswith(("https://", "http://")):
+        invoice.invoice_pdf_url = pdf
 
 
 # Stripe's event timestamps are whole seconds from Stripe's clock: only trust a read made clearly after them.
@@ -584,6 +613,10 @@ def _payment_failed(ev: Incoming, invoice: Invoice, current: Any) -> str | None:
 def _action_required(ev: Incoming, invoice: Invoice, current: Any) -> str | None:
     if invoice.status != InvoiceStatus.OPEN:
         return f"stale: Stripe has the invoice {invoice.status}"
+    # The event type alone proves nothing: a late or replayed one must not turn a plain decline into
+    # "authentication required" (cancelling the retry and emailing the tenant). Stripe's latest attempt decides.
+    if not gateway.awaiting_authentication(invoice.stripe_invoice_id or _get(current, "id")):
+        return "stale: Stripe's latest payment attempt on this invoice is not waiting for authentication"
     if not invoice.last_payment_error:
         invoice.last_payment_error = "The bank asks the cardholder to authenticate this payment."
     invoice.last_payment_error_code = "authentication_required"
@@ -657,12 +690,13 @@ def _card_changed(ev: Incoming, customer_id: str | None, pm_id: str | None) -> R
         db.session.rollback()
         return _processed(f"{pm_id} is not the customer's default payment method now", tenant_id)
     since = ev.created or ev.now
+    # Any charge attempt after the change (its retry, a scheduled one) already used this card: a late or replayed
+    # event for the current card must not charge again.
     retried = db.session.scalar(select(exists().where(
-        PaymentAttempt.tenant_id == tenant_id, PaymentAttempt.trigger == "card_updated",
-        PaymentAttempt.created_at >= since)))
+        PaymentAttempt.tenant_id == tenant_id, PaymentAttempt.created_at >= since)))
     db.session.rollback()
     if retried:
-        return _processed("open invoices were already retried after this card change", tenant_id)
+        return _processed("open invoices were already charged since this card change", tenant_id)
     # One card change sends two events (payment_method.attached and customer.updated), possibly processed at once.
     key = f"servicepro:card-retry:{customer_id}:{pm_id}"
     if not rq.connection.set(key, ev.stripe_event_id, nx=True, ex=CARD_RETRY_TTL_S):
@@ -678,51 +712,109 @@ def _card_changed(ev: Incoming, customer_id: str | None, pm_id: str | None) -> R
 
 # -- handlers: disputes ----------------------------------------------------------------------------------
 
-def _dispute_created(ev: Incoming) -> Result:
-    """charge.dispute.created: flag the disputed invoice and its tenant for the root admin."""
-    dispute = ev.obj
-    charge_ref = dispute.get("charge")
-    charge = charge_ref if isinstance(charge_ref, dict) else None
-    charge_id = _ref(charge_ref)
-    if charge is None and charge_id:
-        charge = gateway.retrieve_charge(charge_id).to_dict()
-    charge = charge or {}
-    invoice = None
-    stripe_invoice_id = _ref(charge.get("invoice"))  # present on charges in API versions before 2025
-    if stripe_invoice_id:
-        invoice = db.session.scalar(select(Invoice).where(Invoice.stripe_invoice_id == stripe_invoice_id))
-    tenant_id = invoice.tenant_id if invoice else None
-    if tenant_id is None:
-        tenant = _tenant_for_customer(_ref(charge.get("customer")))
-        tenant_id = tenant.id if tenant else None
-    if tenant_id is None:
+#: Dispute statuses after which the money is back with us (the invoice is no longer flagged).
+DISPUTE_RESOLVED = {"won", "warning_closed", "prevented"}
+
+
+def _dispute_event(ev: Incoming) -> Result:
+    """charge.dispute.*: re-read the dispute and flag (or clear) exactly the invoice its charge paid."""
+    dispute_id = _ref(ev.obj.get("id"))
+    if dispute_id is None:
+        return _ignored("the event names no dispute")
+    dispute = _stripe_or_none(gateway.retrieve_dispute, dispute_id)
+    if dispute is None:
+        return _ignored(f"Stripe has no dispute {dispute_id} for this account")
+    charge = dispute.get("charge") if isinstance(dispute.get("charge"), dict) else {}
+    tenant = _tenant_for_customer(_ref(charge.get("customer")))
+    if tenant is None:
         db.session.rollback()
-        return _ignored(f"dispute {dispute.get('id')} on charge {charge_id}: no tenant here for it")
-    if invoice is None:
-        invoice = _paid_invoice_for_charge(tenant_id, charge, dispute)
+        return _ignored(f"dispute {dispute_id} on charge {_ref(dispute.get('charge'))}: no tenant here for it")
+    tenant_id, status = tenant.id, str(dispute.get("status") or "")
+    invoice = _invoice_paid_by(tenant_id, dispute, charge)
+    flagged = status not in DISPUTE_RESOLVED
     if invoice is not None:
-        db.session.execute(update(Invoice).where(Invoice.id == invoice.id).values(disputed=True))
-    db.session.execute(update(Tenant).where(Tenant.id == tenant_id).values(disputed=True))
+        invoice.stripe_dispute_id, invoice.dispute_status, invoice.disputed = dispute_id, status, flagged
+    tenant_flagged = db.session.scalar(select(exists().where(
+        Invoice.tenant_id == tenant_id, Invoice.disputed.is_(True))))
+    tenant.disputed = bool(tenant_flagged) or (invoice is None and flagged)
     db.session.commit()
-    log.warning("dispute %s on charge %s: tenant %s, invoice %s flagged", dispute.get("id"), charge_id, tenant_id,
-                invoice.id if invoice else None)
-    return _processed(None if invoice else f"charge {charge_id}: invoice not identified, tenant flagged", tenant_id)
+    log.warning("dispute %s (%s) on charge %s: tenant %s, invoice %s", dispute_id, status, charge.get("id"),
+                tenant_id, invoice.id if invoice else None)
+    if invoice is None:
+        return _processed(f"dispute {dispute_id} ({status}): the charge paid no invoice of ours, tenant flagged",
+                          tenant_id)
+    return _processed(None, tenant_id)
 
 
-def _paid_invoice_for_charge(tenant_id: int, charge: dict, dispute: dict) -> Invoice | None:
-    """The tenant's paid invoice a charge paid: same amount, paid closest to the charge's time."""
-    amount = charge.get("amount") or dispute.get("amount")
-    if not amount:
+def _invoice_paid_by(tenant_id: int, dispute: dict, charge: dict) -> Invoice | None:
+    """The tenant's invoice the disputed charge paid: through its invoice payment (by payment intent)."""
+    payment_intent = _ref(dispute.get("payment_intent")) or _ref(charge.get("payment_intent"))
+    if payment_intent:
+        stripe_invoice_id = gateway.invoice_for_payment_intent(payment_intent)
+    else:
+        stripe_invoice_id = _ref(charge.get("invoice"))  # charges of API versions before 2025-03-31
+    if stripe_invoice_id is None:
         return None
-    candidates = list(db.session.scalars(select(Invoice).where(
-        Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.PAID, Invoice.amount_paid == int(amount))))
-    if not candidates:
-        return None
-    created = charge.get("created")
-    if not created:
-        return max(candidates, key=lambda inv: (inv.paid_at or datetime.min.replace(tzinfo=timezone.utc)))
-    at = datetime.fromtimestamp(int(created), timezone.utc)
-    return min(candidates, key=lambda inv: abs(((inv.paid_at or at) - at).total_seconds()))
+    return db.session.scalar(select(Invoice).where(
+        Invoice.tenant_id == tenant_id, Invoice.stripe_invoice_id == stripe_invoice_id).with_for_update())
+
+
+def _stripe_or_none(read: Callable[[str], Any], object_id: str) -> dict | None:
+    """Stripe's current state of an object, or None when Stripe does not know it (404)."""
+    try:
+        return read(object_id).to_dict()
+    except gateway.GatewayError as err:
+        if err.http_status == 404:
+            db.session.rollback()
+            return None
+        raise
+
+
+# -- handlers: refunds and deleted customers -------------------------------------------------------------
+
+def _charge_refunded(ev: Incoming) -> Result:
+    """charge.refunded: record on the invoice the charge paid how much Stripe has refunded of it now."""
+    charge_id = _ref(ev.obj.get("id"))
+    charge = _stripe_or_none(gateway.retrieve_charge, charge_id) if charge_id else None
+    if charge is None:
+        return _ignored(f"Stripe has no charge {charge_id} for this account")
+    tenant = _tenant_for_customer(_ref(charge.get("customer")))
+    if tenant is None:
+        db.session.rollback()
+        return _ignored(f"charge {charge_id}: no tenant here for it")
+    tenant_id = tenant.id
+    invoice = _invoice_paid_by(tenant_id, {}, charge)
+    if invoice is None:
+        db.session.rollback()
+        return _processed(f"charge {charge_id} paid no invoice of ours", tenant_id)
+    refunded = int(charge.get("amount_refunded") or 0)
+    note = None if refunded != invoice.amount_refunded else "already recorded"
+    invoice.amount_refunded = refunded
+    db.session.commit()
+    return _processed(note, tenant_id)
+
+
+def _customer_deleted(ev: Incoming) -> Result:
+    """customer.deleted: forget the tenant's dead customer id (sync-customers creates a new customer)."""
+    customer_id = _ref(ev.obj.get("id"))
+    tenant = _tenant_for_customer(customer_id)
+    if tenant is None:
+        db.session.rollback()
+        return _ignored(f"no tenant here for Stripe customer {customer_id}")
+    tenant_id = tenant.id
+    current = _stripe_or_none(gateway.retrieve_customer, customer_id)
+    if current is not None and not current.get("deleted"):
+        return _processed(f"Stripe still has customer {customer_id}: nothing to forget", tenant_id)
+    forgot = db.session.execute(update(Tenant).where(Tenant.id == tenant_id, Tenant.stripe_customer_id == customer_id)
+                                .values(stripe_customer_id=None)).rowcount
+    if forgot:
+        db.session.add(AuditLog(actor_user_id=None, tenant_id=tenant_id, action="stripe.customer_deleted",
+                                details={"customer": customer_id, "stripe_event_id": ev.stripe_event_id},
+                                created_at=ev.now))
+    db.session.commit()
+    log.warning("Stripe customer %s of tenant %s was deleted: sync-customers creates a new one", customer_id,
+                tenant_id)
+    return _processed(None, tenant_id)
 
 
 HANDLERS: dict[str, Callable[[Incoming], Result]] = {
@@ -735,7 +827,13 @@ HANDLERS: dict[str, Callable[[Incoming], Result]] = {
     "invoice.marked_uncollectible": _invoice_event,
     "customer.updated": _customer_updated,
     "payment_method.attached": _payment_method_attached,
-    "charge.dispute.created": _dispute_created,
+    "charge.dispute.created": _dispute_event,
+    "charge.dispute.updated": _dispute_event,
+    "charge.dispute.closed": _dispute_event,
+    "charge.dispute.funds_withdrawn": _dispute_event,
+    "charge.dispute.funds_reinstated": _dispute_event,
+    "charge.refunded": _charge_refunded,
+    "customer.deleted": _customer_deleted,
 }
 
 

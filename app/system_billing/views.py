@@ -15,7 +15,7 @@ from flask_login import current_user
 
 from app.errors import json_error, wants_json
 from app.extensions import db, htmx
-from app.models import BillingRun, Invoice
+from app.models import Invoice
 from app.services import billing_views
 from app.services.billing_views import TenantQuery
 
@@ -23,21 +23,38 @@ bp = Blueprint("system_billing", __name__)
 
 
 def _index_context(query: TenantQuery, **extra: Any) -> dict[str, Any]:
-    context = dict(page=billing_views.tenant_page(query), overview=billing_views.overview(),
-                   run=billing_views.latest_run(), webhook_events=billing_views.failed_webhook_events(),
-                   periods=billing_views.period_choices(), default_period=billing_views.default_period(),
+    overview = billing_views.overview()
+    run, summary = billing_views.run_with_summary()
+    # The month pickers start on the month that has work (the one asked for, when a table refresh says).
+    month = _asked_period() or overview.work_period or billing_views.default_period()
+    context = dict(page=billing_views.tenant_page(query), overview=overview, run=run, summary=summary,
+                   webhook_events=billing_views.failed_webhook_events(),
+                   periods=billing_views.period_choices(), default_period=month,
                    sorts=billing_views.SORTS, flags=billing_views.FLAGS, stages=billing_views.STAGES,
                    per_page_choices=billing_views.PER_PAGE_CHOICES, force_errors={}, run_error=None)
     context.update(extra)
     return context
 
 
+def _asked_period() -> str | None:
+    """The force-run month a table request carries (the page's select, sent along by htmx), if valid."""
+    raw = request.args.get("period")
+    if not raw:
+        return None
+    try:
+        return billing_views.parse_period_input(raw)
+    except ValueError:
+        return None
+
+
 @bp.route("/admin/system-billing")
 def index():
     query = TenantQuery.from_args(request.args)
     if htmx and htmx.target == "tenant-table" and not htmx.history_restore_request:
+        # The page's month select travels with the request (hx-include on the tenants section): keep it.
         return render_template("_partials/system_tenant_table.html", page=billing_views.tenant_page(query),
-                               periods=billing_views.period_choices(), default_period=billing_views.default_period(),
+                               periods=billing_views.period_choices(),
+                               default_period=_asked_period() or billing_views.default_period(),
                                sorts=billing_views.SORTS, force_errors={})
     return render_template("system_billing/index.html", **_index_context(query))
 
@@ -137,9 +154,18 @@ def force_run_status(tenant_id: int):
 
 # -- run all tenants -----------------------------------------------------------------------------------------
 
+def _run_fragment(run_id: int | None, *, error: str | None = None, selected: str | None = None,
+                  status: int = 200):
+    """The run-all component: the run (latest when no id), its counts by reason, and the form when idle."""
+    run, summary = billing_views.run_with_summary(run_id)
+    html = render_template("_partials/billing_run.html", run=run, summary=summary, run_error=error,
+                           periods=billing_views.period_choices(), selected=selected or (run.period if run else None))
+    return html, status
+
+
 @bp.route("/admin/system-billing/runs", methods=["POST"])
 def start_run():
-    from app.services.invoicing import start_billing_run
+    from app.services.invoicing import Reason, start_billing_run
 
     raw = request.form.get("period", "")
     try:
@@ -149,8 +175,7 @@ def start_run():
         if wants_json():
             return json_error(422, message, "validation_error", {"period": [message]})
         if htmx:
-            return render_template("_partials/billing_run.html", run=billing_views.latest_run(), run_error=message,
-                                   periods=billing_views.period_choices(), selected=raw), 422
+            return _run_fragment(None, error=message, selected=raw, status=422)
         return render_template("system_billing/index.html",
                                **_index_context(TenantQuery.from_args(request.args), run_error=message)), 422
     try:
@@ -162,27 +187,27 @@ def start_run():
         current_app.logger.exception("could not start a billing run for %s", period)
         message = "Could not start the run (queue unavailable). Nothing was started; try again."
         if htmx:
-            return render_template("_partials/billing_run.html", run=billing_views.latest_run(), run_error=message,
-                                   periods=billing_views.period_choices(), selected=period), 422
+            return _run_fragment(None, error=message, selected=period, status=422)
         flash(message, "error")
         return _back_to_index()
     if htmx:
-        return render_template("_partials/billing_run.html", run=run, run_error=None,
-                               periods=billing_views.period_choices(), selected=period)
-    flash(f"Billing run #{run.id} for {period} started: {run.total} tenants queued.", "success")
+        return _run_fragment(run.id, selected=period)
+    _run, summary = billing_views.run_with_summary(run.id)
+    later = summary.count(Reason.CREATED_AFTER_PERIOD)
+    flash(f"Billing run #{run.id} for {period} started: {run.total} tenants queued"
+          + (f" ({later} created after {period}, not billed for it)." if later else "."), "success")
     return _back_to_index()
 
 
 @bp.route("/admin/system-billing/runs/<int:run_id>")
 def run_progress(run_id: int):
-    run = db.session.get(BillingRun, run_id)
+    run, summary = billing_views.run_with_summary(run_id)
     if run is None:
         abort(404)
     if htmx:
-        return render_template("_partials/billing_run.html", run=run, run_error=None,
-                               periods=billing_views.period_choices(), selected=run.period)
-    return render_template("system_billing/run.html", run=run, periods=billing_views.period_choices(),
-                           selected=run.period)
+        return _run_fragment(run_id)
+    return render_template("system_billing/run.html", run=run, summary=summary,
+                           periods=billing_views.period_choices(), selected=run.period)
 
 
 # -- one tenant: details and root controls -------------------------------------------------------------------
@@ -192,13 +217,14 @@ def _tenant_page(tenant_id: int, *, errors: dict[str, str] | None = None, form: 
     detail = billing_views.tenant_detail(tenant_id)
     if detail is None:
         abort(404)
-    try:  # the default month's force-run, if one is queued, running or just finished
-        fr = billing_views.force_run_status(tenant_id, billing_views.default_period())
+    month = billing_views.tenant_work_period(detail.tenant, detail.invoices)
+    try:  # that month's force-run, if one is queued, running or just finished
+        fr = billing_views.force_run_status(tenant_id, month)
     except Exception:  # noqa: BLE001 - Redis down: the page still shows the billing state
         fr = None
     return render_template("system_billing/tenant.html", d=detail, row=detail.row, fr=fr, errors=errors or {},
                            form=form or {}, periods=billing_views.period_choices(),
-                           selected=billing_views.default_period(), force_errors={}), status
+                           selected=month, force_errors={}), status
 
 
 @bp.route("/admin/system-billing/tenants/<int:tenant_id>")

@@ -1,10 +1,10 @@
-"""Demo story / write-offs (issue 12): placeholder; keep empty if nothing is needed.
+"""Billing run outcomes: how many tenants of a run ended with each result and reason (issue 12).
 
 Revision ID: 0007
 Revises: 0006
 """
-from alembic import op  # noqa: F401
-import sqlalchemy as sa  # noqa: F401
+from alembic import op
+import sqlalchemy as sa
 
 revision = "0007"
 down_revision = "0006"
@@ -13,8 +13,17 @@ depends_on = None
 
 
 def upgrade():
-    pass
+    op.create_table(
+        "billing_run_outcomes",
+        sa.Column("run_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("result", sa.String(length=20), nullable=False),
+        sa.Column("reason", sa.String(length=40), nullable=False),
+        sa.Column("tenants", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(["run_id"], ["billing_runs.id"], ondelete="CASCADE",
+                                name=op.f("fk_billing_run_outcomes_run_id_billing_runs")),
+        sa.PrimaryKeyConstraint("run_id", "result", "reason", name=op.f("pk_billing_run_outcomes")),
+    )
 
 
 def downgrade():
-    pass
+    op.drop_table("billing_run_outcomes")

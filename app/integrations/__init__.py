@@ -1,0 +1,1 @@
+"""Blueprint package: the root Integrations page, its CLI group and the deliverer's jobs."""

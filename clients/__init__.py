@@ -1,0 +1,1 @@
+"""Reference clients for services that consume ServicePro (copy a module, or import it)."""
