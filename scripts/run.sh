@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start the whole system in the foreground: Redis (if none is running), migrations, Stripe emulator (when no
-# STRIPE_SECRET_KEY; its control token in .run/emulator-token), demo data, web on :5000, an RQ worker and the
-# scheduler. Ctrl-C stops everything.
+# STRIPE_SECRET_KEY; its control token in .run/emulator-token, its account in instance/emulator-state.json beside
+# the SQLite database), demo data, web on :5000, an RQ worker and the scheduler. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FLASK_APP=app:create_app

@@ -33,11 +33,17 @@ redis_answers() {
 
 # Start the Stripe emulator on 127.0.0.1:12111 delivering webhooks to $1, with a fresh control token that only
 # this user can read (.run/emulator-token); STRIPE_EMULATOR_PUBLIC_URL exposes its pages on all interfaces.
+# Its account is kept in instance/emulator-state.json (STRIPE_EMULATOR_STATE_FILE; set it empty for memory only),
+# beside the database that holds its ids. Call it before the migrations, which create a new database.
 start_emulator() {
-  local webhook_url="$1" host=127.0.0.1 extra=()
+  local webhook_url="$1" host=127.0.0.1 extra=() state="${STRIPE_EMULATOR_STATE_FILE-instance/emulator-state.json}"
   if [ -n "${STRIPE_EMULATOR_PUBLIC_URL:-}" ]; then
     host=0.0.0.0
     extra=(--allow-remote --public-url "$STRIPE_EMULATOR_PUBLIC_URL")
+  fi
+  if [ -n "$state" ]; then
+    match_emulator_state "$state"
+    extra+=(--state-file "$state")
   fi
   STRIPE_EMULATOR_CONTROL_TOKEN="$($PY -c 'import secrets; print(secrets.token_urlsafe(24))')"
   export STRIPE_EMULATOR_CONTROL_TOKEN
@@ -54,4 +60,19 @@ start_emulator() {
   done
   echo "error: the Stripe emulator did not start (see .run/emulator.log)" >&2
   exit 1
+}
+
+# The emulator's saved account and the SQLite database belong together: a new database with an old account would
+# leave Stripe objects no tenant points at, so the account goes; an old database without it is said out loud. Only
+# the default database is judged (with DATABASE_URL set, its age is not known here).
+match_emulator_state() {
+  local state="$1" db=instance/servicepro.db
+  [ -z "${DATABASE_URL:-}" ] || return 0
+  if [ ! -e "$db" ] && [ -e "$state" ]; then
+    echo "==> new database: starting the Stripe emulator empty too (removed $state)"
+    rm -f "$state"
+  elif [ -e "$db" ] && [ ! -e "$state" ]; then
+    echo "note: $db exists but the Stripe emulator has no saved account ($state): Stripe customers and invoices" \
+      "of earlier runs are gone; the demo makes its customers again. For a fresh demo: rm $db, then start again."
+  fi
 }

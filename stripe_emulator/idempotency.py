@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import errors
 
@@ -47,6 +47,24 @@ class IdempotencyStore:
     def reset(self) -> None:
         with self._lock:
             self._entries.clear()
+
+    def export(self) -> List[Dict[str, Any]]:
+        """Finished entries as JSON-ready dicts (what ``--state-file`` saves); claims in flight are left out."""
+        with self._lock:
+            return [dict(asdict(e), api_key=a, key=k) for (a, k), e in self._entries.items() if e.done]
+
+    def load(self, entries: List[Dict[str, Any]], max_age: float = 24 * 3600) -> None:
+        """Replace the entries with exported ones younger than ``max_age`` s (Stripe forgets keys after 24 h)."""
+        oldest = time.time() - max_age
+        loaded = {}
+        for item in entries:
+            item = dict(item)
+            api_key, key = item.pop("api_key"), item.pop("key")
+            entry = SavedResponse(**item)
+            if entry.done and entry.created >= oldest:
+                loaded[(api_key, key)] = entry
+        with self._lock:
+            self._entries = loaded
 
     def __len__(self) -> int:
         with self._lock:

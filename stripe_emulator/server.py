@@ -10,7 +10,7 @@ URL map:
                                  ``/_emulator/health`` needs the header
                                  ``X-Emulator-Token: <control token>``:
 
-    POST /_emulator/reset                       forget all state
+    POST /_emulator/reset                       forget all state (and the state file's)
     GET|POST /_emulator/webhooks                 delivery target and stats
     POST /_emulator/webhooks/flush               wait for an empty queue
     GET|POST|DELETE /_emulator/faults            fault injection
@@ -41,7 +41,7 @@ from flask import Flask, Response, redirect, render_template, request
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from . import (CONTROL_TOKEN_HEADER, DEFAULT_API_KEY, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_WEBHOOK_SECRET, cards,
-               errors, forms)
+               errors, forms, statefile)
 from .api import Api
 from .faults import FaultError, Faults
 from .idempotency import IdempotencyStore
@@ -68,6 +68,7 @@ class EmulatorConfig:
     verbose: bool = False
     control_token: Optional[str] = None  # None: a random one, printed at start-up
     allow_remote: bool = False  # listen on a non-loopback address (the control API still needs the token)
+    state_file: Optional[str] = None  # keep the account in this file across restarts (statefile.py)
 
 
 class Emulator:
@@ -78,10 +79,30 @@ class Emulator:
         self.control_token = self.config.control_token or secrets.token_urlsafe(24)
         self.dispatcher = WebhookDispatcher(self._webhook_settings())
         self.store = Store(self.dispatcher)
-        self.dispatcher.on_done = self.store.webhook_done
+        self.dispatcher.on_done = self._webhook_done
         self.faults = Faults()
         self.idempotency = IdempotencyStore()
         self.api = Api(self.store, self.faults, self.idempotency)
+        self.saver: Optional[statefile.StateSaver] = None
+        if self.config.state_file:
+            statefile.load(self.config.state_file, self.store, self.idempotency)
+            self.saver = statefile.StateSaver(self.config.state_file, self.store, self.idempotency)
+            self.store.redeliver_pending()
+
+    def _webhook_done(self, event_id: str) -> None:
+        self.store.webhook_done(event_id)
+        self.changed()
+
+    def changed(self) -> None:
+        """The account may have changed: have the state file saved soon (no-op without one)."""
+        if self.saver is not None:
+            self.saver.changed()
+
+    def close(self) -> None:
+        """Stop webhook delivery and save the state file one last time."""
+        self.dispatcher.stop()
+        if self.saver is not None:
+            self.saver.close()
 
     def _webhook_settings(self) -> WebhookSettings:
         c = self.config
@@ -98,6 +119,8 @@ class Emulator:
             self.idempotency.reset()
             self.faults.reset()
             self.api.reset_log()
+        if self.saver is not None:
+            self.saver.save()  # a reset is meant to stick: the next start must not bring the old account back
 
     def base_url(self) -> str:
         if self.config.public_url:
@@ -226,6 +249,12 @@ def create_app(emulator: Optional[Emulator] = None) -> Flask:
     def api_unknown(subpath: str = "") -> Response:
         err = errors.unrecognized_url(request.method, request.path)
         return _json(err.body(), err.status)
+
+    @app.after_request
+    def note_change(response: Response) -> Response:
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            emu.changed()
+        return response
 
     # ------------------------------------------------------------ control
     @app.before_request
@@ -502,6 +531,9 @@ def parse_args(argv: Optional[list] = None) -> EmulatorConfig:
     p.add_argument("--control-token", default=env("STRIPE_EMULATOR_CONTROL_TOKEN"),
                    help="secret for the /_emulator/* control API, sent as header X-Emulator-Token "
                         "(default: $STRIPE_EMULATOR_CONTROL_TOKEN, else a random one printed at start-up)")
+    p.add_argument("--state-file", default=env("STRIPE_EMULATOR_STATE_FILE") or None,
+                   help="keep the account in this JSON file: loaded at start, saved every few seconds after "
+                        "changes and at shutdown (default: $STRIPE_EMULATOR_STATE_FILE, else memory only)")
     p.add_argument("--allow-remote", action="store_true",
                    default=_truthy(env("STRIPE_EMULATOR_ALLOW_REMOTE")),
                    help="allow a --host that is not a loopback address (default: refuse)")
@@ -514,7 +546,7 @@ def parse_args(argv: Optional[list] = None) -> EmulatorConfig:
         webhook_secret=a.webhook_secret, webhook_max_attempts=a.webhook_max_attempts,
         webhook_backoff_initial=a.webhook_backoff, webhook_backoff_max=a.webhook_backoff_max,
         webhook_timeout=a.webhook_timeout, verbose=a.verbose, control_token=a.control_token or None,
-        allow_remote=a.allow_remote,
+        allow_remote=a.allow_remote, state_file=a.state_file,
     )
 
 
@@ -536,7 +568,11 @@ def main(argv: Optional[list] = None) -> int:
     from . import params_contract
 
     params_contract.routes()  # build the contract index before accepting requests
-    server, emu = build_server(config)
+    try:
+        server, emu = build_server(config)
+    except OSError as exc:  # port taken, or a state file that can be neither read nor moved aside
+        print("stripe_emulator: cannot start: %s" % exc, file=sys.stderr, flush=True)
+        return 1
     host = config.host if ":" not in config.host else "[%s]" % config.host
     print("stripe_emulator listening on http://%s:%d" % (host, server.server_port), flush=True)
     if not config.control_token:
@@ -552,8 +588,8 @@ def main(argv: Optional[list] = None) -> int:
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
-        emu.dispatcher.stop()
         server.server_close()
+        emu.close()
     return 0
 
 

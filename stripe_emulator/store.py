@@ -1,5 +1,7 @@
 """In-memory Stripe account: objects, business rules and events.
 
+``snapshot``/``restore`` turn the whole account into JSON-ready data and back (``--state-file``, statefile.py).
+
 All state lives in one :class:`Store` guarded by a re-entrant lock; every
 public method takes the lock for its whole duration, so each API call is
 atomic.  Objects are kept as plain dicts in Stripe's JSON shape (for the
@@ -203,6 +205,50 @@ class Store:
         if active:
             self.dispatcher.enqueue(copy.deepcopy(event))
         return event
+
+    # ------------------------------------------------------------ persistence
+    #: Attributes that wire the store up rather than hold the account.
+    _WIRING = frozenset({"lock", "dispatcher", "clock"})
+
+    def snapshot(self) -> Dict[str, Any]:
+        """Copy of every table and counter as JSON-ready data (what ``--state-file`` saves)."""
+        with self.lock:
+            state = {k: v for k, v in vars(self).items() if k not in self._WIRING}
+            state["_pm_card"] = {pm_id: card.token for pm_id, card in self._pm_card.items()}
+            return copy.deepcopy(state)
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        """Replace the account with a :meth:`snapshot`; on ValueError the store is left empty."""
+        with self.lock:
+            self.reset()
+            fresh = {k: v for k, v in vars(self).items() if k not in self._WIRING}
+            if not isinstance(state, dict):
+                raise ValueError("the saved store is not an object")
+            # A table this emulator has but the file lacks (added since it was saved) stays empty.
+            loaded = {k: v for k, v in state.items() if k in fresh}
+            for key, value in loaded.items():
+                if type(value) is not type(fresh[key]):
+                    raise ValueError("%s is a %s, expected a %s" % (key, type(value).__name__,
+                                                                    type(fresh[key]).__name__))
+            pm_cards: Dict[str, cards.TestCard] = {}
+            for pm_id, token in loaded.get("_pm_card", {}).items():
+                card = cards.lookup(token) if isinstance(token, str) else None
+                if card is None:
+                    raise ValueError("payment method %s has an unknown test card %r" % (pm_id, token))
+                pm_cards[pm_id] = card
+            loaded["_pm_card"] = pm_cards
+            for key, value in loaded.items():
+                setattr(self, key, value)
+
+    def redeliver_pending(self) -> int:
+        """Queue again the events whose delivery had not finished (Stripe retries those); how many."""
+        with self.lock:
+            if self.dispatcher is None or not self.dispatcher.active:
+                return 0
+            pending = [e for e in self.events.values() if e.get("pending_webhooks", 0) > 0]
+            for event in pending:
+                self.dispatcher.enqueue(copy.deepcopy(event))
+            return len(pending)
 
     def webhook_done(self, event_id: str) -> None:
         """Dispatcher callback: the event's delivery finished (ok or given up)."""

@@ -12,6 +12,8 @@ The process is started with ``sys.executable -m stripe_emulator --port 0``
 (or the given port); the actual URL is read from its first stdout line.
 A fresh control token is generated per process (or pass ``control_token``),
 handed over in the environment and sent with every control API call.
+The account lives in memory unless ``state_file`` names a file to keep it in
+(``$STRIPE_EMULATOR_STATE_FILE`` of the calling shell is never inherited).
 Only the standard library is used to talk to the control API.
 """
 
@@ -50,8 +52,9 @@ class EmulatorProcess:
     def __init__(self, port: int = 0, host: str = "127.0.0.1", webhook_url: Optional[str] = None,
                  webhook_secret: str = DEFAULT_WEBHOOK_SECRET, extra_args: Optional[List[str]] = None,
                  startup_timeout: float = 20.0, verbose: bool = False, start: bool = True,
-                 control_token: Optional[str] = None):
+                 control_token: Optional[str] = None, state_file: Optional[str] = None):
         self.host = host
+        self.state_file = state_file
         self.control_token = control_token or secrets.token_urlsafe(24)
         self.port = port
         self.webhook_url = webhook_url
@@ -76,8 +79,11 @@ class EmulatorProcess:
             cmd += ["--webhook-url", self.webhook_url]
         if self.verbose:
             cmd.append("--verbose")
+        if self.state_file:
+            cmd += ["--state-file", self.state_file]
         cmd += self.extra_args
         env = dict(os.environ)
+        env.pop("STRIPE_EMULATOR_STATE_FILE", None)  # a developer's `make run` file must not leak into tests
         env["PYTHONPATH"] = _PKG_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
         env["STRIPE_EMULATOR_CONTROL_TOKEN"] = self.control_token  # not in argv, which other users can read
@@ -129,6 +135,16 @@ class EmulatorProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        if proc.stdout:
+            proc.stdout.close()
+
+    def kill(self) -> None:
+        """End the subprocess with SIGKILL, as a crash would: no shutdown code runs."""
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        proc.kill()
+        proc.wait(5)
         if proc.stdout:
             proc.stdout.close()
 
