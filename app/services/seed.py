@@ -196,7 +196,7 @@ def _day_events(slug: str, scale: float, day: date, tz) -> list[dict]:
 def _ensure_demo_card(tenant: Tenant, card: str) -> bool:
     """Give the demo tenant a Stripe customer and a default card (idempotent); True if its customer was re-made.
 
-    The local emulator forgets everything when it stops: a customer Stripe no longer knows is made again.
+    The local emulator forgets everything when it stops without its state file (instance/emulator-state.json): a customer Stripe no longer knows is made again.
     """
     from app import stripe_gateway
     from app.services.customers import ensure_customer
