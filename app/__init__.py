@@ -94,6 +94,12 @@ def register_blueprints(app: Flask) -> None:
         app.register_blueprint(bp)
     for bp in (entitlements_api_bp, integrations_bp):  # issue 16
         app.register_blueprint(bp)
+    from app.team.views import bp as team_bp
+
+    app.register_blueprint(team_bp)  # issue 14
+    from app.reports.views import bp as reports_bp  # issue 18
+
+    app.register_blueprint(reports_bp)
 
 
 def register_webhook_endpoint(app: Flask) -> None:

@@ -75,7 +75,7 @@ def enforce_access():
                    "the overdue invoices are paid.")
         if wants_json():
             return json_error(403, message, "account_restricted")
-        flash(message, "error")
+        flash(message, "restricted")  # base.html lets the overdue banner say it, once
         if request.headers.get("HX-Request"):
             from flask import make_response
 
@@ -84,6 +84,22 @@ def enforce_access():
             return resp
         return redirect(url_for("billing.index"))
     return None
+
+
+def may_visit(endpoint: str) -> bool:
+    """Whether the signed-in user may open an endpoint's page (the navigation shows only those)."""
+    level, billing_ok = view_policy(endpoint)
+    if level in (PUBLIC, API):
+        return True
+    if not current_user.is_authenticated:
+        return False
+    if current_user.is_root:
+        return True
+    if level != TENANT:
+        return False
+    from app.models import DunningStage
+
+    return billing_ok or current_user.tenant.dunning_stage != DunningStage.RESTRICTED
 
 
 def _fresh_request_state() -> None:
@@ -107,3 +123,4 @@ def init_app(app: Flask) -> None:
     login_manager.login_message = "Please sign in to continue."
     login_manager.session_protection = "basic"
     app.before_request(enforce_access)
+    app.jinja_env.globals["may_visit"] = may_visit

@@ -239,3 +239,42 @@ def tenants_revoke_api_key_cmd(key_id: int) -> None:
     db.session.commit()
     click.echo(f"API key {key.id} ({key.prefix}…, {key.label}) of tenant {key.tenant_id} revoked at "
                f"{key.revoked_at.isoformat(timespec='seconds')}")
+
+
+# -- issue 17: plan changes and credit notes -----------------------------------------------------------------
+
+@billing_cli.command("change-plan")
+@click.option("--tenant", "tenant_id", type=int, required=True, help="The tenant id.")
+@click.option("--plan", "plan_code", required=True, help="The new plan's code.")
+@click.option("--effective", help="YYYY-MM-DD in BILLING_TIMEZONE (default: today); the change starts that day.")
+@click.option("--reason", default=None, help="Why (kept in the audit log).")
+def billing_change_plan_cmd(tenant_id: int, plan_code: str, effective: str | None, reason: str | None) -> None:
+    """Record a plan change; the month's fee is prorated by the days each plan is in force."""
+    from app.services.plans import PlanChangeError, change_plan
+
+    day = _date(effective, "--effective")
+    try:
+        row = change_plan(tenant_id, plan_code, day, source="cli", reason=reason)
+    except PlanChangeError as err:
+        raise click.ClickException(str(err)) from None
+    if row is None:
+        click.echo(f"tenant {tenant_id}: the plan change of {day or 'today'} was cancelled")
+        return
+    click.echo(f"tenant {tenant_id}: {row.from_plan} -> {row.to_plan} from {row.effective_on.isoformat()} "
+               f"(plan change {row.id})")
+
+
+@billing_cli.command("credit-note")
+@click.option("--invoice", "invoice_id", type=int, required=True, help="Our invoice id.")
+@click.option("--amount", type=int, required=True, help="Minor units (cents), > 0.")
+@click.option("--kind", type=click.Choice(["reduce", "refund", "account_credit"]), required=True)
+@click.option("--reason", required=True, help="Why (audit log; shown to the tenant on the credit note).")
+def billing_credit_note_cmd(invoice_id: int, amount: int, kind: str, reason: str) -> None:
+    """Issue a credit note through Stripe; prints its id (the last line)."""
+    from app.services.credits import CreditError, issue_credit_note
+
+    try:
+        note = issue_credit_note(invoice_id, amount, kind, reason, actor=None)
+    except CreditError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(note.id)

@@ -97,6 +97,23 @@ def sync_customer(tenant_id: int) -> str | None:
     return ensure_customer(tenant_id)
 
 
+def enqueue_customer_email(tenant_id: int) -> bool:
+    """Queue copying the tenant's billing email to its Stripe customer; False when the queue is unreachable."""
+    try:
+        enqueue_unique("billing", "app.jobs.sync_customer_email", tenant_id, job_id=f"customer-email-{tenant_id}")
+    except Exception:  # noqa: BLE001 - Redis down must not fail the edit; the tenant is told to save again later
+        log.exception("could not queue the Stripe customer email update for tenant %s", tenant_id)
+        return False
+    return True
+
+
+@job
+def sync_customer_email(tenant_id: int) -> str | None:
+    from app.services.accounts import push_billing_email
+
+    return push_billing_email(tenant_id)
+
+
 @job
 def sync_all_customers() -> int:
     from app.services.customers import sync_customers

@@ -153,6 +153,11 @@ def retrieve_customer(customer_id: str):
     return _call(client().v1.customers.retrieve, customer_id)
 
 
+def update_customer_email(customer_id: str, email: str) -> None:
+    """Set the customer's email (where Stripe sends receipts); setting the same value twice is harmless."""
+    _call(client().v1.customers.update, customer_id, params={"email": email})
+
+
 def default_payment_method(customer_id: str) -> str | None:
     """The customer's default payment method id, or None."""
     cust = retrieve_customer(customer_id).to_dict()
@@ -276,6 +281,23 @@ def awaiting_authentication(stripe_invoice_id: str) -> bool:
             return charge.get("status") == "failed" and "authentication_required" in (charge.get("failure_code"),
                                                                                      reason)
     return False
+
+
+def paid_card(stripe_invoice_id: str) -> tuple[str, str] | None:
+    """(brand, last4) of the card whose charge paid an invoice (through its paid invoice payment), or None."""
+    payments = _call(client().v1.invoice_payments.list,
+                     params={"invoice": stripe_invoice_id, "status": "paid", "limit": 1})
+    for payment in (p.to_dict() for p in payments.data):
+        intent = (payment.get("payment") or {}).get("payment_intent")
+        if not intent:
+            continue
+        charges = _call(client().v1.charges.list,
+                        params={"payment_intent": intent if isinstance(intent, str) else intent["id"], "limit": 10})
+        for charge in (c.to_dict() for c in charges.data):
+            card = (charge.get("payment_method_details") or {}).get("card") or {}
+            if charge.get("status") == "succeeded" and card.get("last4"):
+                return card.get("brand") or "card", card["last4"]
+    return None
 
 
 def live_mode() -> bool:

@@ -34,8 +34,16 @@ def job_lease():
     if current is None:
         yield
         return
-    conn: Redis = current.connection
-    key = lease_key(current.id)
+    with lease(current.connection, lease_key(current.id), name=f"lease-{current.id}"):
+        yield
+
+
+@contextmanager
+def lease(conn: Redis, key: str, *, name: str = "lease"):
+    """Hold `key` in Redis while the body runs: set at once, refreshed by a heartbeat thread, deleted after.
+
+    The key outlives a killed process by at most LEASE_TTL seconds, which is how others tell it is gone.
+    """
     stop = threading.Event()
 
     def beat():
@@ -49,7 +57,7 @@ def job_lease():
         conn.set(key, "1", ex=LEASE_TTL)
     except Exception:  # noqa: BLE001
         pass
-    thread = threading.Thread(target=beat, name=f"lease-{current.id}", daemon=True)
+    thread = threading.Thread(target=beat, name=name, daemon=True)
     thread.start()
     try:
         yield

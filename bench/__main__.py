@@ -17,6 +17,8 @@ BENCHMARKS: list[str] = [
     "webhooks",  # issue 5: webhook ingestion (verify + store + enqueue) on one gunicorn worker
     "pages",  # issue 7: server time and SQL statements of /admin/system-billing (10,000 tenants), /admin/billing
     "month_end",  # issue 8: month-end Stripe request rate under the shared rate limit vs the limit
+    "month_end_e2e",  # issue 19: 2,000-tenant month-end at Stripe's live limit, wall time vs (requests ÷ limit)
+    "entitlements",  # issue 16: GET /api/entitlements on one gunicorn worker, revalidated (304) and full reads
 ]
 
 

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_bench_webhooks"
 DRAINERS = 4  # the app's default WEBHOOK_DRAINERS
 TARGET_RATE, TARGET_P99_MS = 500.0, 50.0
+TARGET_DRAIN = 500.0  # events/s processed by one worker (issue 19)
 
 
 def event_template() -> dict:
@@ -153,26 +154,41 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def drain_rate(database_url: str, redis_url: str, env: dict, timeout: float = 300.0) -> float | None:
-    """Start one RQ worker on the webhooks queue and time it through every pending event; events/s, or None."""
+def drain_rate(database_url: str, redis_url: str, env: dict, timeout: float = 300.0
+               ) -> tuple[float, float] | None:
+    """Start one RQ worker on the webhooks queue and time it through every pending event; None if it did not finish.
+
+    Returns (events/s from the first claim to the last result, events/s including the worker's start-up).
+    """
     from sqlalchemy import create_engine, text
 
     engine = create_engine(database_url)
 
-    def left() -> int:
+    def left() -> tuple[int, int]:
         with engine.connect() as conn:
-            return conn.scalar(text("select count(*) from webhook_events where status in ('pending', 'processing')"))
+            return tuple(conn.execute(text(
+                "select count(*) filter (where status in ('pending', 'processing')), "
+                "count(*) filter (where status = 'pending') from webhook_events")).one())
 
-    total = left()
+    total = left()[0]
     worker = subprocess.Popen([sys.executable, "worker.py", "webhooks"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         started = time.perf_counter()
         deadline = started + timeout
-        while left() and time.perf_counter() < deadline:
-            time.sleep(0.1)
-        elapsed = time.perf_counter() - started
-        return total / elapsed if not left() else None
+        first_claim = None
+        while time.perf_counter() < deadline:
+            unfinished, pending = left()
+            now = time.perf_counter()
+            if first_claim is None and pending < total:
+                first_claim = now
+            if not unfinished:
+                break
+            time.sleep(0.02)
+        else:
+            return None
+        finished = time.perf_counter()
+        return total / (finished - (first_claim or started)), total / (finished - started)
     finally:
         worker.terminate()
         worker.wait(30)
@@ -271,10 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# targets: >= {TARGET_RATE:.0f} events/s ({'met' if rate >= TARGET_RATE else 'MISSED'}), "
           f"p99 <= {TARGET_P99_MS:.0f} ms ({'met' if p99 <= TARGET_P99_MS else 'MISSED'})", flush=True)
     if drained is not None:
-        print(f"BENCH webhook_drain_throughput {drained:.0f} events/s", flush=True)
-        print("# one `worker.py webhooks` (one drainer job at a time) working through the stored backlog; these "
-              "events name invoices we do not have, so this is the claim/record cost without Stripe re-reads",
-              flush=True)
+        print(f"BENCH webhook_drain_throughput {drained[0]:.0f} events/s", flush=True)
+        print(f"# one `worker.py webhooks` (one drainer job at a time) working through the stored backlog, timed "
+              f"from its first claim ({drained[1]:.0f} events/s counting the worker's start-up); these events name "
+              f"invoices we do not have, so this is the claim/decide/record cost without Stripe re-reads; target "
+              f">= {TARGET_DRAIN:.0f} events/s ({'met' if drained[0] >= TARGET_DRAIN else 'MISSED'})", flush=True)
     ok = not bad and stored == pending == args.events and len(drainers) == slots
     if not ok:
         print("# ERROR: some events were not answered 200, stored once or left without a drainer", file=sys.stderr)

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, datetime, time as dtime, timedelta, timezone
@@ -86,7 +87,8 @@ def kill_tree(pid: int) -> None:
 class ChaosRun:
     def __init__(self, tenants: int = 1000, workers: int = 3, seed: int = 7, timeout: float = 1800.0,
                  kills: int | None = None, verbose: bool = True, chaos: bool = True,
-                 stripe_rate_limit: int = 25) -> None:
+                 stripe_rate_limit: float = 25, emulator_rate_limit: float | None = None,
+                 dunning: bool = True, on_finish: Callable[[ChaosRun], None] | None = None) -> None:
         self.n_tenants, self.n_workers, self.timeout = tenants, workers, timeout
         self.rng = random.Random(seed)
         self.max_kills = kills if kills is not None else max(3, min(12, tenants // 80))
@@ -95,6 +97,12 @@ class ChaosRun:
         # rate limit (the throughput benchmark).
         self.chaos = chaos
         self.stripe_rate_limit = stripe_rate_limit
+        # Stripe's own limit (the emulator's); without chaos a little above our budget unless given.
+        self.emulator_rate_limit = emulator_rate_limit
+        self.dunning = dunning
+        self.on_finish = on_finish  # called with every service still up, after the invariants were checked
+        self.invoices_final_at: float | None = None
+        self.done_at: float | None = None
         self.report = Report()
         self.kills = 0
         self.redis_restarts = 0
@@ -164,8 +172,11 @@ class ChaosRun:
             started = time.monotonic()
             self._chaos_phase()
             self._settle_phase(started)
-            self._dunning_phase(started)
+            if self.dunning:
+                self._dunning_phase(started)
             self._check_invariants()
+            if self.on_finish is not None:
+                self.on_finish(self)
             self.report.figures["duration_s"] = f"{time.monotonic() - started:.1f}"
             self.report.figures["logs"] = self.logdir
         return self.report
@@ -356,8 +367,8 @@ class ChaosRun:
             self.emu.set_faults(error_rate=0.03, rate_limit_per_s=self.rate_limit - 5, latency_ms=15,
                                 disconnect_rate=0.01, seed=self.rng.randint(0, 10**6))
         else:
-            # Stripe's limit a little above our budget (ours is the one that must hold).
-            self.emu.set_faults(rate_limit_per_s=self.rate_limit + 1)
+            # Stripe's limit at or a little above our budget (ours is the one that must hold).
+            self.emu.set_faults(rate_limit_per_s=self.emulator_rate_limit or self.rate_limit + 1)
         self.measure_from = time.time()
         self.billing_drained_at: float | None = None
         self._tick()
@@ -372,7 +383,10 @@ class ChaosRun:
             if not self.chaos:
                 if self.billing_drained_at is None and time.time() - self.measure_from > 3 and self._billing_idle():
                     self.billing_drained_at = time.time()
-                if settled >= total:
+                if self.invoices_final_at is None and settled >= total:
+                    self.invoices_final_at = time.time()
+                if self.invoices_final_at is not None and self._webhooks_done():
+                    self.done_at = time.time()
                     break
                 if time.monotonic() >= next_tick:
                     self._tick()
@@ -409,6 +423,18 @@ class ChaosRun:
             if hooks.get("pending", 0) == 0 and self._idle():
                 return
             time.sleep(0.5)
+
+    def _webhooks_done(self) -> bool:
+        """Every event Stripe created so far was delivered and its row processed (or ignored)."""
+        from app.extensions import db
+
+        hooks = self.emu.webhook_status()
+        if hooks.get("pending", 0):
+            return False
+        left = db.session.scalar(db.text(
+            "select count(*) from webhook_events where status not in ('processed', 'ignored')"))
+        db.session.rollback()
+        return left == 0
 
     def _billing_idle(self) -> bool:
         from rq import Queue

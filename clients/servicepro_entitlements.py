@@ -41,7 +41,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import requests
 
@@ -86,9 +86,12 @@ def _instant(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
-def verify_signature(payload: bytes, header: str | None, secret: str, *, tolerance: int = 300,
+def verify_signature(payload: bytes, header: str | None, secret: str | Sequence[str], *, tolerance: int = 300,
                      now: float | None = None) -> dict[str, Any]:
-    """Check a push's ServicePro-Signature over the raw body; return the event, or raise SignatureError."""
+    """Check a push's ServicePro-Signature over the raw body; return the event, or raise SignatureError.
+
+    `secret` may be several secrets (while rotating: the old endpoint and the new one both deliver).
+    """
     if not header:
         raise SignatureError(f"no {SIGNATURE_HEADER} header")
     timestamp, candidates = None, []
@@ -100,8 +103,9 @@ def verify_signature(payload: bytes, header: str | None, secret: str, *, toleran
             candidates.append(value)  # several when the sender signs with an old and a new secret
     if timestamp is None or not timestamp.isdigit() or not candidates:
         raise SignatureError(f"malformed {SIGNATURE_HEADER} header")
-    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + payload, hashlib.sha256).hexdigest()
-    if not any(hmac.compare_digest(expected, c) for c in candidates):
+    keys = [secret] if isinstance(secret, str) else list(secret)
+    expected = [hmac.new(k.encode(), timestamp.encode() + b"." + payload, hashlib.sha256).hexdigest() for k in keys]
+    if not any(hmac.compare_digest(e, c) for e in expected for c in candidates):
         raise SignatureError("signature does not match (wrong secret, or the body was changed)")
     age = (time.time() if now is None else now) - int(timestamp)
     if abs(age) > tolerance:
@@ -205,7 +209,7 @@ class EntitlementsClient:
 
     # -- push ----------------------------------------------------------------------------------------------
 
-    def handle_push(self, payload: bytes, signature_header: str | None, secret: str, *,
+    def handle_push(self, payload: bytes, signature_header: str | None, secret: str | Sequence[str], *,
                     tolerance: int = 300) -> dict[str, Any]:
         """Verify a pushed event and apply it; return the event (raise SignatureError → answer 400).
 

@@ -119,6 +119,18 @@ def _routes() -> List[Tuple[str, "re.Pattern[str]", str, Handler]]:
          lambda a, v, p, c: a.store.retrieve_portal_configuration(v["configuration"])),
         ("POST", "/v1/billing_portal/configurations/{configuration}",
          lambda a, v, p, c: a.store.update_portal_configuration(v["configuration"], p)),
+        # credit notes and the customer balance (issue 17)
+        ("POST", "/v1/credit_notes", lambda a, v, p, c: a.store.create_credit_note(p, c)),
+        ("GET", "/v1/credit_notes", lambda a, v, p, c: a.store.list_credit_notes(p)),
+        ("GET", "/v1/credit_notes/{id}", lambda a, v, p, c: a.store.retrieve_credit_note(v["id"])),
+        ("GET", "/v1/credit_notes/{credit_note}/lines",
+         lambda a, v, p, c: a.store.list_credit_note_lines(v["credit_note"], p)),
+        ("POST", "/v1/customers/{customer}/balance_transactions",
+         lambda a, v, p, c: a.store.create_balance_transaction(v["customer"], p, c)),
+        ("GET", "/v1/customers/{customer}/balance_transactions",
+         lambda a, v, p, c: a.store.list_balance_transactions(v["customer"], p)),
+        ("GET", "/v1/customers/{customer}/balance_transactions/{transaction}",
+         lambda a, v, p, c: a.store.retrieve_balance_transaction(v["customer"], v["transaction"])),
         # refunds
         ("POST", "/v1/refunds", lambda a, v, p, c: a.store.create_refund(p, c)),
         ("GET", "/v1/refunds/{refund}", lambda a, v, p, c: a.store.retrieve_refund(v["refund"])),

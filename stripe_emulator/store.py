@@ -36,6 +36,14 @@ invoice void                   invoice.voided
 invoice mark_uncollectible     invoice.marked_uncollectible
 invoiceitem create/update/del  invoiceitem.created / .updated / .deleted
 portal/control card choice     payment_method.attached, customer.updated
+credit note create             credit_note.created, then on an open invoice
+                               invoice.updated (+ invoice.paid when nothing is
+                               left to pay); on a paid one: refund_amount →
+                               charge.refunded, refund.created; credit_amount
+                               → customer.updated; invoice.updated
+customer balance transaction   customer.updated
+invoice finalize with balance  customer.updated (the balance applied)
+invoice void with balance      customer.updated (the balance given back)
 =============================  ===============================================
 """
 
@@ -179,6 +187,8 @@ class Store:
             self._default_payment: Dict[str, str] = {}  # in_ -> its default inpay_
             self.disputes: Dict[str, Dict[str, Any]] = {}
             self.refunds: Dict[str, Dict[str, Any]] = {}
+            self.credit_notes: Dict[str, Dict[str, Any]] = {}
+            self.balance_transactions: Dict[str, Dict[str, Any]] = {}
             self.webhook_endpoints: Dict[str, Dict[str, Any]] = {}
             self.portal_configurations: Dict[str, Dict[str, Any]] = {}
             self._invoice_seq = 0
@@ -289,7 +299,7 @@ class Store:
         with self.lock:
             for table in (self.customers, self.payment_methods, self.invoice_items,
                           self.portal_sessions, self.events, self.charges, self.invoice_payments,
-                          self.disputes, self.refunds):
+                          self.disputes, self.refunds, self.credit_notes, self.balance_transactions):
                 if obj_id in table:
                     return copy.deepcopy(table[obj_id])
             if obj_id in self.invoices:
@@ -818,7 +828,10 @@ class Store:
         else:
             lines = self._lines(inv["id"])
         subtotal = sum(line["amount"] for line in lines)
-        amount_due = max(subtotal, 0)
+        # The customer balance applied at finalization (ending − starting: a credit used is positive) and the
+        # pre-payment credit notes lower what is due; the total stays what the lines say.
+        applied = inv["ending_balance"] - inv["starting_balance"] if inv.get("ending_balance") is not None else 0
+        amount_due = max(subtotal - applied - inv.get("pre_payment_credit_notes_amount", 0), 0)
         return {"subtotal": subtotal, "total": subtotal, "amount_due": amount_due}
 
     def _render_invoice(self, inv: Dict[str, Any], lines_limit: int = 10) -> Dict[str, Any]:
@@ -1069,7 +1082,7 @@ class Store:
     def _mark_paid(self, inv: Dict[str, Any], amount: int, ctx: Context, *, out_of_band: bool = False) -> None:
         ts = self.clock()
         inv["status"] = "paid"
-        inv["amount_paid"] = amount
+        inv["amount_paid"] += amount
         if out_of_band:
             inv["amount_paid_off_stripe"] = amount
         inv["status_transitions"]["paid_at"] = ts
@@ -1084,6 +1097,7 @@ class Store:
     def _finalize(self, inv: Dict[str, Any], ctx: Context, auto_advance: Optional[bool] = None) -> None:
         ts = self.clock()
         inv["_frozen_lines"] = self._lines(inv["id"])
+        self._apply_customer_balance(inv, ctx)
         totals = self._totals(inv)
         inv["status"] = "open"
         if not inv["number"]:
@@ -1093,7 +1107,6 @@ class Store:
         inv["effective_at"] = inv["effective_at"] or ts
         inv["hosted_invoice_url"] = "%s/i/%s" % (ctx.base_url.rstrip("/"), inv["id"])
         inv["invoice_pdf"] = "%s/i/%s/pdf" % (ctx.base_url.rstrip("/"), inv["id"])
-        inv["ending_balance"] = 0
         if auto_advance is not None:
             inv["auto_advance"] = auto_advance
         if inv["collection_method"] == "send_invoice" and inv["due_date"] is None:
@@ -1134,7 +1147,7 @@ class Store:
                 self._finalize(inv, ctx)
                 if inv["status"] == "paid":
                     return self._render_invoice(inv)
-            amount = self._totals(inv)["amount_due"]
+            amount = max(self._totals(inv)["amount_due"] - inv["amount_paid"], 0)
             if p.get("paid_out_of_band"):
                 self._mark_paid(inv, amount, ctx, out_of_band=True)
                 return self._render_invoice(inv)
@@ -1263,6 +1276,7 @@ class Store:
             inv["status"] = "void"
             inv["status_transitions"]["voided_at"] = self.clock()
             self._settle_invoice_payment(inv, "canceled", 0)
+            self._unapply_customer_balance(inv, ctx)
             inv["next_payment_attempt"] = None
             inv["auto_advance"] = False
             rendered = self._render_invoice(inv)
@@ -1545,47 +1559,360 @@ class Store:
             else:
                 raise errors.param_error("One of the following params should be provided for this request: "
                                          "payment_intent or charge.", None, "parameter_missing")
-            if charge["status"] != "succeeded":
-                raise errors.invalid_request("Charge %s has not been captured: nothing to refund." % charge["id"],
-                                             "charge")
-            if charge["disputed"]:
-                raise errors.invalid_request("Charge %s has been charged back; cannot issue a refund."
-                                             % charge["id"], "charge", "charge_disputed")
-            remaining = charge["amount"] - charge["amount_refunded"]
-            amount = p.get("amount", remaining)
-            if not isinstance(amount, int) or amount <= 0 or amount > remaining:
-                raise errors.invalid_request(
-                    "Refund amount (%s) is greater than unrefunded amount on charge (%s)" % (amount, remaining),
-                    "amount", "amount_too_large" if isinstance(amount, int) and amount > 0 else None)
-            refund = {
-                "id": new_id("re"),
-                "object": "refund",
-                "amount": amount,
-                "balance_transaction": new_id("txn"),
-                "charge": charge["id"],
-                "created": self.clock(),
-                "currency": charge["currency"],
-                "metadata": _merge_metadata({}, p.get("metadata")),
-                "payment_intent": charge["payment_intent"],
-                "reason": p.get("reason"),
-                "receipt_number": None,
-                "source_transfer_reversal": None,
-                "status": "succeeded",
-                "transfer_reversal": None,
-            }
-            self.refunds[refund["id"]] = refund
-            before = copy.deepcopy(charge)
-            charge["amount_refunded"] += amount
-            charge["refunded"] = charge["amount_refunded"] == charge["amount"]
-            self._emit("charge.refunded", charge, ctx, _diff(before, charge))
-            self._emit("refund.created", refund, ctx)
-            return copy.deepcopy(refund)
+            return self._refund(charge, p.get("amount"), p.get("metadata"), p.get("reason"), ctx, "amount")
+
+    def _refund(self, charge: Dict[str, Any], amount: Any, metadata: Any, reason: Any, ctx: Context,
+                param: str) -> Dict[str, Any]:
+        """Refund part or all of a succeeded charge (charge.refunded, refund.created); the refund object."""
+        if charge["status"] != "succeeded":
+            raise errors.invalid_request("Charge %s has not been captured: nothing to refund." % charge["id"],
+                                         "charge")
+        if charge["disputed"]:
+            raise errors.invalid_request("Charge %s has been charged back; cannot issue a refund."
+                                         % charge["id"], "charge", "charge_disputed")
+        remaining = charge["amount"] - charge["amount_refunded"]
+        amount = remaining if amount is None else amount
+        if not isinstance(amount, int) or amount <= 0 or amount > remaining:
+            raise errors.invalid_request(
+                "Refund amount (%s) is greater than unrefunded amount on charge (%s)" % (amount, remaining),
+                param, "amount_too_large" if isinstance(amount, int) and amount > 0 else None)
+        refund = {
+            "id": new_id("re"),
+            "object": "refund",
+            "amount": amount,
+            "balance_transaction": new_id("txn"),
+            "charge": charge["id"],
+            "created": self.clock(),
+            "currency": charge["currency"],
+            "metadata": _merge_metadata({}, metadata),
+            "payment_intent": charge["payment_intent"],
+            "reason": reason,
+            "receipt_number": None,
+            "source_transfer_reversal": None,
+            "status": "succeeded",
+            "transfer_reversal": None,
+        }
+        self.refunds[refund["id"]] = refund
+        before = copy.deepcopy(charge)
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+        self._emit("charge.refunded", charge, ctx, _diff(before, charge))
+        self._emit("refund.created", refund, ctx)
+        return copy.deepcopy(refund)
 
     def retrieve_refund(self, re_id: str) -> Dict[str, Any]:
         with self.lock:
             if re_id not in self.refunds:
                 raise errors.resource_missing("refund", re_id, "refund")
             return copy.deepcopy(self.refunds[re_id])
+
+    # ------------------------------------------------------------ customer balance
+    def _balance_txn(self, cust: Dict[str, Any], amount: int, currency: str, type_: str, ctx: Context, *,
+                     invoice: Optional[str] = None, credit_note: Optional[str] = None,
+                     description: Optional[str] = None, metadata: Any = None) -> Dict[str, Any]:
+        """Move the customer's `balance` by `amount` (negative: a credit) and record it; customer.updated."""
+        before = copy.deepcopy(cust)
+        cust["balance"] += amount
+        if cust.get("currency") is None:
+            cust["currency"] = currency
+        txn = {
+            "id": new_id("cbtxn"),
+            "object": "customer_balance_transaction",
+            "amount": amount,
+            "checkout_session": None,
+            "created": self.clock(),
+            "credit_note": credit_note,
+            "currency": currency,
+            "customer": cust["id"],
+            "customer_account": None,
+            "description": description,
+            "ending_balance": cust["balance"],
+            "invoice": invoice,
+            "livemode": False,
+            "metadata": _merge_metadata({}, metadata),
+            "type": type_,
+        }
+        self.balance_transactions[txn["id"]] = txn
+        self._emit("customer.updated", cust, ctx, _diff(before, cust))
+        return txn
+
+    def _apply_customer_balance(self, inv: Dict[str, Any], ctx: Context) -> None:
+        """At finalization, as Stripe does: a credit balance pays the invoice first, a debit is added to it."""
+        cust = self.customers.get(inv["customer"])
+        balance = int(cust.get("balance") or 0) if cust else 0
+        inv["starting_balance"] = balance
+        inv["ending_balance"] = balance
+        if not balance or cust.get("currency") not in (None, inv["currency"]):
+            return
+        total = sum(line["amount"] for line in inv["_frozen_lines"])
+        used = -min(-balance, max(total, 0)) if balance < 0 else balance  # credit used (<0), or debit added
+        if used:
+            inv["ending_balance"] = balance - used
+            self._balance_txn(cust, -used, inv["currency"], "applied_to_invoice", ctx, invoice=inv["id"])
+
+    def _unapply_customer_balance(self, inv: Dict[str, Any], ctx: Context) -> None:
+        """A voided invoice gives back the balance its finalization used."""
+        if inv.get("ending_balance") is None:
+            return
+        used = inv["ending_balance"] - inv["starting_balance"]  # >0: credit the invoice took
+        cust = self.customers.get(inv["customer"])
+        if used and cust is not None and not cust.get("deleted"):
+            self._balance_txn(cust, -used, inv["currency"], "unapplied_from_invoice", ctx, invoice=inv["id"])
+
+    def create_balance_transaction(self, cid: str, p: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
+        with self.lock:
+            cust = self._customer(cid, "customer")
+            amount, currency = p.get("amount"), p.get("currency")
+            if amount is None:
+                raise errors.missing_parameter("amount")
+            if not currency:
+                raise errors.missing_parameter("currency")
+            if not isinstance(amount, int) or amount == 0:
+                raise errors.invalid_value("The amount must be a non-zero integer.", "amount")
+            if cust.get("currency") not in (None, str(currency).lower()):
+                raise errors.invalid_request(
+                    "The customer's balance is in %s; a transaction in %s cannot be added."
+                    % (cust["currency"], currency), "currency")
+            txn = self._balance_txn(cust, amount, str(currency).lower(), "adjustment", ctx,
+                                    description=p.get("description"), metadata=p.get("metadata"))
+            return copy.deepcopy(txn)
+
+    def list_balance_transactions(self, cid: str, p: Dict[str, Any]) -> Dict[str, Any]:
+        with self.lock:
+            self._customer(cid, "customer")
+            items = [t for t in reversed(list(self.balance_transactions.values())) if t["customer"] == cid
+                     and ("invoice" not in p or t["invoice"] == p["invoice"])
+                     and ("credit_note" not in p or t["credit_note"] == p["credit_note"])
+                     and _created_filter(p.get("created"), t["created"])]
+            return self.paginate(items, p, "/v1/customers/%s/balance_transactions" % cid,
+                                 "customer_balance_transaction")
+
+    def retrieve_balance_transaction(self, cid: str, txn_id: str) -> Dict[str, Any]:
+        with self.lock:
+            self._customer(cid, "customer")
+            txn = self.balance_transactions.get(txn_id)
+            if txn is None or txn["customer"] != cid:
+                raise errors.resource_missing("customer_balance_transaction", txn_id, "transaction")
+            return copy.deepcopy(txn)
+
+    # ------------------------------------------------------------- credit notes
+    _CREDIT_REASONS = ("duplicate", "fraudulent", "order_change", "product_unsatisfactory")
+
+    def _credit_note_lines(self, inv: Dict[str, Any], cn_id: str, lines: Any) -> List[Dict[str, Any]]:
+        """Credit note line items from the `lines` parameter (invoice lines or custom lines)."""
+        frozen = {line["id"]: line for line in inv.get("_frozen_lines") or []}
+        credited: Dict[str, int] = {}
+        for note in self.credit_notes.values():
+            if note["invoice"] == inv["id"] and note["status"] == "issued":
+                for line in note["lines"]["data"]:
+                    if line.get("invoice_line_item"):
+                        credited[line["invoice_line_item"]] = credited.get(line["invoice_line_item"], 0) \
+                            + line["amount"]
+        out = []
+        for i, item in enumerate(lines or []):
+            param = "lines[%d]" % i
+            if not isinstance(item, dict):
+                raise errors.invalid_value("Invalid object", param)
+            kind = item.get("type")
+            quantity = item.get("quantity", 1)
+            if not isinstance(quantity, int) or quantity < 0:
+                raise errors.invalid_value("Invalid integer: %s" % quantity, param + "[quantity]")
+            base = {"id": new_id("cnli"), "object": "credit_note_line_item", "discount_amount": 0,
+                    "discount_amounts": [], "livemode": False, "metadata": _merge_metadata({}, item.get("metadata")),
+                    "pretax_credit_amounts": [], "tax_rates": [], "taxes": [], "type": kind}
+            if kind == "invoice_line_item":
+                line = frozen.get(item.get("invoice_line_item"))
+                if line is None:
+                    raise errors.invalid_request("Invoice line item %s is not on invoice %s."
+                                                 % (item.get("invoice_line_item"), inv["id"]),
+                                                 param + "[invoice_line_item]")
+                unit = decimal.Decimal(line["pricing"]["unit_amount_decimal"] or 0)
+                amount = item["amount"] if "amount" in item else int(
+                    (unit * quantity).to_integral_value(decimal.ROUND_HALF_UP))
+                left = line["amount"] - credited.get(line["id"], 0)
+                if not isinstance(amount, int) or amount <= 0 or amount > left:
+                    raise errors.invalid_request(
+                        "The amount to credit on line %s (%s) is more than is left to credit on it (%s)."
+                        % (line["id"], amount, left), param + "[amount]")
+                credited[line["id"]] = credited.get(line["id"], 0) + amount
+                base.update(amount=amount, description=line["description"], invoice_line_item=line["id"],
+                            quantity=quantity, unit_amount=None, unit_amount_decimal=None)
+            elif kind == "custom_line_item":
+                if "unit_amount" not in item and "unit_amount_decimal" not in item:
+                    raise errors.missing_parameter(param + "[unit_amount]")
+                unit = decimal.Decimal(item.get("unit_amount", item.get("unit_amount_decimal")))
+                amount = int((unit * quantity).to_integral_value(decimal.ROUND_HALF_UP))
+                if not item.get("description"):
+                    raise errors.missing_parameter(param + "[description]")
+                base.update(amount=amount, description=item["description"], quantity=quantity,
+                            unit_amount=int(unit) if unit == unit.to_integral_value() else None,
+                            unit_amount_decimal=_decimal_string(unit))
+            else:
+                raise errors.invalid_value("Invalid %s[type]: must be one of custom_line_item or "
+                                           "invoice_line_item" % param, param + "[type]")
+            out.append(base)
+        return out
+
+    def create_credit_note(self, p: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
+        """Issue a credit note on an open (pre-payment) or paid (post-payment) invoice, as Stripe does."""
+        with self.lock:
+            if not p.get("invoice"):
+                raise errors.missing_parameter("invoice")
+            inv = self._invoice(p["invoice"], "invoice")
+            if inv["status"] not in ("open", "paid"):
+                raise errors.invalid_request(
+                    "Credit notes can only be created for invoices that are open or paid; this invoice has "
+                    "status `%s`." % inv["status"], "invoice", "invoice_not_editable")
+            for unsupported in ("refunds", "shipping_cost"):
+                if p.get(unsupported):
+                    raise errors.invalid_value("The emulator does not support `%s` on credit notes."
+                                               % unsupported, unsupported)
+            if p.get("reason") is not None and p["reason"] not in self._CREDIT_REASONS:
+                raise errors.invalid_value("Invalid reason: must be one of %s" % ", ".join(self._CREDIT_REASONS),
+                                           "reason")
+            cn_id = new_id("cn")
+            lines = self._credit_note_lines(inv, cn_id, p.get("lines"))
+            if "amount" in p:
+                total = p["amount"]
+                if not isinstance(total, int) or total <= 0:
+                    raise errors.invalid_value("The credit note amount must be a positive integer.", "amount")
+                if lines and sum(line["amount"] for line in lines) != total:
+                    raise errors.invalid_request("The amount (%s) must equal the sum of the lines (%s)."
+                                                 % (total, sum(line["amount"] for line in lines)), "amount")
+            elif lines:
+                total = sum(line["amount"] for line in lines)
+            else:
+                raise errors.param_error("One of `amount`, `lines`, or `shipping_cost` must be provided.",
+                                         "amount", "parameter_missing")
+            refund_amount = int(p.get("refund_amount") or 0)
+            credit_amount = int(p.get("credit_amount") or 0)
+            oob_amount = int(p.get("out_of_band_amount") or 0)
+            if min(refund_amount, credit_amount, oob_amount) < 0:
+                raise errors.invalid_value("Credit note amounts cannot be negative.", "amount")
+            totals = self._totals(inv)
+            if inv["status"] == "open":
+                remaining = max(totals["amount_due"] - inv["amount_paid"], 0)
+                if refund_amount or credit_amount or oob_amount:
+                    raise errors.invalid_request(
+                        "refund_amount, credit_amount and out_of_band_amount are only for paid invoices; a credit "
+                        "note on an open invoice lowers what is due.", "refund_amount" if refund_amount else
+                        "credit_amount" if credit_amount else "out_of_band_amount")
+                if total > remaining:
+                    raise errors.invalid_request(
+                        "The credit note amount (%s) is more than the invoice's amount remaining (%s)."
+                        % (total, remaining), "amount", "credit_note_amount_too_large")
+                pre, post = total, 0
+            else:
+                creditable = totals["total"] - inv["pre_payment_credit_notes_amount"] \
+                    - inv["post_payment_credit_notes_amount"]
+                if total > creditable:
+                    raise errors.invalid_request(
+                        "The credit note amount (%s) is more than is left to credit on the invoice (%s)."
+                        % (total, creditable), "amount", "credit_note_amount_too_large")
+                if refund_amount + credit_amount + oob_amount != total:
+                    raise errors.invalid_request(
+                        "For a paid invoice, refund_amount, credit_amount and out_of_band_amount must add up to the "
+                        "credit note amount (%s); they add up to %s."
+                        % (total, refund_amount + credit_amount + oob_amount), "amount")
+                pre, post = 0, total
+            charge = self._paid_charge_of(inv["id"]) if refund_amount else None
+            if refund_amount and charge is None:
+                raise errors.invalid_request("Invoice %s was not paid by a charge: there is nothing to refund."
+                                             % inv["id"], "refund_amount")
+            before = self._render_invoice(inv)
+            cust = self.customers[inv["customer"]]
+            refunds = []
+            if refund_amount:  # checked (and raised) before anything changes
+                refund = self._refund(charge, refund_amount, {"credit_note": cn_id}, None, ctx, "refund_amount")
+                refunds.append({"amount_refunded": refund_amount, "payment_record_refund": None,
+                                "refund": refund["id"], "type": "refund"})
+            txn = None
+            if credit_amount:
+                txn = self._balance_txn(cust, -credit_amount, inv["currency"], "credit_note", ctx,
+                                        invoice=inv["id"], credit_note=cn_id)
+            seq = 1 + sum(1 for n in self.credit_notes.values() if n["invoice"] == inv["id"])
+            note = {
+                "id": cn_id,
+                "object": "credit_note",
+                "amount": total,
+                "amount_shipping": 0,
+                "created": self.clock(),
+                "currency": inv["currency"],
+                "customer": inv["customer"],
+                "customer_account": None,
+                "customer_balance_transaction": txn["id"] if txn else None,
+                "discount_amount": 0,
+                "discount_amounts": [],
+                "effective_at": p.get("effective_at"),
+                "invoice": inv["id"],
+                "lines": {"object": "list", "data": lines, "has_more": False,
+                          "url": "/v1/credit_notes/%s/lines" % cn_id},
+                "livemode": False,
+                "memo": p.get("memo") or None,
+                "metadata": _merge_metadata({}, p.get("metadata")),
+                "number": "%s-CN-%02d" % (inv["number"], seq),
+                "out_of_band_amount": oob_amount or None,
+                "pdf": "%s/cn/%s/pdf" % (ctx.base_url.rstrip("/"), cn_id),
+                "post_payment_amount": post,
+                "pre_payment_amount": pre,
+                "pretax_credit_amounts": [],
+                "reason": p.get("reason"),
+                "refunds": refunds,
+                "shipping_cost": None,
+                "status": "issued",
+                "subtotal": total,
+                "subtotal_excluding_tax": total,
+                "total": total,
+                "total_excluding_tax": total,
+                "total_taxes": [],
+                "type": "pre_payment" if pre else "post_payment",
+                "voided_at": None,
+            }
+            self.credit_notes[cn_id] = note
+            inv["pre_payment_credit_notes_amount"] += pre
+            inv["post_payment_credit_notes_amount"] += post
+            self._emit("credit_note.created", note, ctx)
+            if pre and self._totals(inv)["amount_due"] - inv["amount_paid"] <= 0:
+                self._credited_in_full(inv, ctx, before)
+            else:
+                after = self._render_invoice(inv)
+                self._emit("invoice.updated", after, ctx, _diff(before, after))
+            return copy.deepcopy(note)
+
+    def _credited_in_full(self, inv: Dict[str, Any], ctx: Context, before: Dict[str, Any]) -> None:
+        """An open invoice whose credit notes leave nothing to pay is paid (no charge)."""
+        ts = self.clock()
+        inv["status"] = "paid"
+        inv["status_transitions"]["paid_at"] = ts
+        inv["next_payment_attempt"] = None
+        inv["auto_advance"] = False
+        self._settle_invoice_payment(inv, "canceled", 0)
+        after = self._render_invoice(inv)
+        self._emit("invoice.updated", after, ctx, _diff(before, after))
+        self._emit("invoice.paid", after, ctx)
+
+    def _credit_note(self, cn_id: str) -> Dict[str, Any]:
+        if cn_id not in self.credit_notes:
+            raise errors.resource_missing("credit_note", cn_id, "id")
+        return self.credit_notes[cn_id]
+
+    def retrieve_credit_note(self, cn_id: str) -> Dict[str, Any]:
+        with self.lock:
+            return copy.deepcopy(self._credit_note(cn_id))
+
+    def list_credit_notes(self, p: Dict[str, Any]) -> Dict[str, Any]:
+        with self.lock:
+            items = [n for n in reversed(list(self.credit_notes.values()))
+                     if ("invoice" not in p or n["invoice"] == p["invoice"])
+                     and ("customer" not in p or n["customer"] == p["customer"])
+                     and _created_filter(p.get("created"), n["created"])]
+            return self.paginate(items, p, "/v1/credit_notes", "credit_note")
+
+    def list_credit_note_lines(self, cn_id: str, p: Dict[str, Any]) -> Dict[str, Any]:
+        with self.lock:
+            note = self._credit_note(cn_id)
+            return self.paginate(note["lines"]["data"], p, "/v1/credit_notes/%s/lines" % cn_id,
+                                 "credit_note_line_item")
 
     # ------------------------------------------------------- webhook endpoints
     def create_webhook_endpoint(self, p: Dict[str, Any], ctx: Context) -> Dict[str, Any]:

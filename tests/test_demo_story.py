@@ -126,7 +126,7 @@ def test_months_before_last_are_invoiced_and_the_decliner_is_in_dunning(app, emu
     assert decliner.dunning_stage == stage
     assert all(t.dunning_stage == "ok" and t.overdue_days == 0 for s, t in tenants.items() if s != DECLINER)
     kinds = sorted(m.kind for m in db.session.scalars(select(OutboxEmail).where(OutboxEmail.tenant_id == decliner.id)))
-    assert kinds == sorted(["payment_failed", "payment_failed", f"dunning_{stage}"])
+    assert kinds == sorted(["invoice_issued", "invoice_issued", "payment_failed", "payment_failed", f"dunning_{stage}"])
 
     assert f"In dunning: Dunmore Roofing, {overdue} days overdue, stage {stage}" in "\n".join(report.story)
     assert f"Left for you: {last_month:%Y-%m}." in "\n".join(report.story)

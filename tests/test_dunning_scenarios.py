@@ -23,7 +23,7 @@ from tests.test_dunning import at, make_invoice, stage_of
 ISSUE = date(2026, 3, 2)
 SUBJECT = {  # what each email's subject starts with
     "payment_failed": "Payment failed", "reminder": "Payment Reminder", "suspended": "Service suspended",
-    "restricted": "Account restricted", "restored": "Thank you",
+    "restricted": "Account restricted", "restored": "Thank you", "invoice_issued": "Invoice ", "receipt": "Receipt",
 }
 EXPECTED = {"ok": (True, True, "full"), "reminder": (True, True, "full"), "suspended": (False, False, "full"),
             "restricted": (False, False, "billing_only")}
@@ -149,7 +149,7 @@ def test_declined_tenant_walks_the_ladder_day_by_day(app, plans, smtp_sink):
         if n in (0, 13, 14, 29, 30, 44, 45, 50):
             assert_access(t, stage)
     assert entered == {"ok": 0, "reminder": 14, "suspended": 30, "restricted": 45}
-    bodies = {m["Subject"]: m.get_payload(decode=True).decode() for m in smtp_sink.messages}
+    bodies = {m["Subject"]: m.get_body(("plain",)).get_content() for m in smtp_sink.messages}
     reminder = next(b for s, b in bodies.items() if s.startswith("Payment Reminder"))
     assert "$49.00" in reminder and "14 days overdue" in reminder
     assert "2026-04-01" in reminder  # suspension date: due Mar 2 + 30 days
@@ -192,7 +192,7 @@ def test_payment_on_day_31_restores_everything_at_once(app, plans, smtp_sink):
     assert t.entitlements() == EXPECTED["ok"]
     assert t.mail() == Counter({"payment_failed": 1, "reminder": 1, "suspended": 1, "restored": 1})
     restored = next(m for m in smtp_sink.messages if m["Subject"].startswith("Thank you"))
-    body = restored.get_payload(decode=True).decode()
+    body = restored.get_body(("plain",)).get_content()
     assert "Calls and outbound SMS work again" in body and "/admin/billing" in body
     assert banner_of(t.billing_page()) is None
     for n in range(32, 51):  # nothing else happens afterwards
@@ -240,7 +240,7 @@ def test_payment_on_day_46_lifts_the_restriction_at_once(app, plans, smtp_sink, 
     assert t.mail() == Counter({"payment_failed": 1, "reminder": 1, "suspended": 1, "restricted": 1,
                                 "restored": 1})
     restored = next(m for m in smtp_sink.messages if m["Subject"].startswith("Thank you"))
-    assert "full access again" in restored.get_payload(decode=True).decode()
+    assert "full access again" in restored.get_body(("plain",)).get_content()
 
 
 def test_root_admin_is_never_restricted(app, plans, smtp_sink):
@@ -292,7 +292,7 @@ def test_a_jump_over_several_stages_sends_one_email(app, plans, smtp_sink):
     assert stage_of(t.tenant_id) == ("restricted", 47)
     assert t.mail() == Counter({"payment_failed": 1, "restricted": 1})
     body = next(m for m in smtp_sink.messages if m["Subject"].startswith("Account restricted"))
-    text = body.get_payload(decode=True).decode()
+    text = body.get_body(("plain",)).get_content()
     assert "straight to" in text and "$49.00" in text and "47 days overdue" in text
 
 
@@ -321,15 +321,17 @@ def test_end_to_end_through_the_real_charge_path(app, plans, smtp_sink, emulator
     outcome = invoicing.invoice_and_charge(tenant.id, "2026-02", now=at(ISSUE, 1))
     assert outcome.payment == "failed"
     flush_outbox()
-    assert t.mail() == Counter({"payment_failed": 1})  # on the first failed charge, not at day 14
+    # The invoice is announced, then the payment-failed email goes out on the first failed charge, not at day 14.
+    assert t.mail() == Counter({"invoice_issued": 1, "payment_failed": 1})
     for n in range(1, 32):
         t.night(n)
     assert stage_of(tenant.id) == ("suspended", 31)
-    assert t.mail() == Counter({"payment_failed": 1, "reminder": 1, "suspended": 1})
+    assert t.mail() == Counter({"invoice_issued": 1, "payment_failed": 1, "reminder": 1, "suspended": 1})
 
     emulator.set_default_payment_method(db.session.get(Tenant, tenant.id).stripe_customer_id, "pm_card_visa")
     assert payments.retry_open_invoices(tenant.id, trigger="card_updated", now=at(ISSUE + timedelta(days=31), 9)) == 1
     flush_outbox()
     assert stage_of(tenant.id) == ("ok", 0)
     assert t.entitlements() == EXPECTED["ok"]
-    assert t.mail() == Counter({"payment_failed": 1, "reminder": 1, "suspended": 1, "restored": 1})
+    assert t.mail() == Counter({"invoice_issued": 1, "payment_failed": 1, "reminder": 1, "suspended": 1,
+                                "receipt": 1, "restored": 1})

@@ -261,3 +261,15 @@ def test_replay_sends_the_same_event_again_and_a_disabled_endpoint_waits(app, en
     assert deliver_due().delivered == 0 and len(receiver.received) == 2
     set_endpoint_enabled(endpoint.id, True)
     assert deliver_due().delivered == 1 and len(receiver.received) == 3
+
+
+def test_flask_integrations_deliver_announces_and_sends_what_is_due(app, endpoint, receiver, migrated):
+    tenant = make_tenant()
+    engine = create_engine(migrated)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE tenants SET status = 'disabled' WHERE id = :id"), {"id": tenant.id})
+    engine.dispose()
+    result = app.test_cli_runner().invoke(args=["integrations", "deliver"])
+    assert result.exit_code == 0, result.output
+    assert "announced 1 changes; delivered 1, failed 0" in result.output
+    assert receiver.events()[0]["data"]["admin_access"] == "billing_only"

@@ -18,7 +18,7 @@ from tests.test_dunning import make_invoice, outbox
 
 
 def _body(msg) -> str:
-    return msg.get_payload(decode=True).decode()
+    return msg.get_body(("plain",)).get_content()
 
 
 def test_payment_failed_email_goes_out_on_the_first_failed_charge(app, plans, smtp_sink):

@@ -173,6 +173,7 @@ def test_signatures_are_checked_in_constant_time_within_a_tolerance():
         with pytest.raises(SignatureError):
             verify_signature(bad_body, bad_header, secret)
     assert verify_signature(body, sign(SECRET, now - 3000, body), SECRET, tolerance=3600)["id"] == "evt_1"
+    assert verify_signature(body, header, ["whsec_new_one", SECRET])["id"] == "evt_1"  # two endpoints, rotating
 
 
 def test_a_late_retry_of_an_older_event_never_undoes_a_newer_state(service):

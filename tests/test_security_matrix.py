@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 
 from app.access import API, PUBLIC, TENANT
 from app.extensions import db
-from app.models import ApiKey, Invoice, InvoiceLine, WebhookEvent
+from app.models import ApiKey, Invoice, InvoiceLine, User, WebhookEvent
 from tests.conftest import csrf_from, login, page_csrf
 from tests.factories import admin_email, make_api_key, make_root, make_tenant, utc
 
@@ -67,7 +67,12 @@ def world(app, plans):
     key_ids = {t_id: db.session.scalar(select(ApiKey.id).where(ApiKey.prefix == key[:12]))
                for t_id, key in keys.items()}
     make_root()
-    return {"mine": mine.id, "theirs": theirs.id, "my_invoice": invoices[mine.id],
+    from app.services.accounts import invite_admin  # issue 14: a pending invitation of the other tenant
+
+    their_admin = db.session.scalar(select(User).where(User.email == admin_email(theirs)))
+    invitation = invite_admin(theirs, "their-hire@example.com", inviter=their_admin)
+    db.session.commit()
+    return {"mine": mine.id, "theirs": theirs.id, "my_invoice": invoices[mine.id], "their_invitation": invitation.id,
             "their_invoice": invoices[theirs.id], "event": event_id, "mine_email": admin_email(mine),
             "my_key": key_ids[mine.id], "their_key": key_ids[theirs.id], "my_key_plaintext": keys[mine.id]}
 
@@ -90,6 +95,10 @@ def other_tenant_args(rule, world) -> dict:
             values[arg] = 1
         elif arg == "key_id":
             values[arg] = world["their_key"]
+        elif arg == "invitation_id":
+            values[arg] = world["their_invitation"]
+        elif arg == "token":  # a password-reset or invitation link's token (public routes)
+            values[arg] = "t" * 43
         else:
             raise AssertionError(f"add a value for route parameter {arg!r} of {rule.rule} to the matrix")
     return values

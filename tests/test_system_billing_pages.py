@@ -118,7 +118,7 @@ def test_signed_out_visitor_is_sent_to_sign_in_and_json_gets_401(client, app):
 
 # -- the table -------------------------------------------------------------------------------------------------------
 
-def test_each_row_shows_plan_balance_oldest_due_overdue_stage_error_flags_and_last_invoice(root):
+def test_each_row_shows_plan_balance_oldest_unpaid_overdue_stage_error_flags_and_last_invoice(root):
     late = make_tenant("Late Co", plan="pro", overdue_days=20, dunning_stage="reminder",
                        billing_error="invoice 2026-09: customer gone", disputed=True)
     open_invoice(late, days_ago(50), 9900, number="SP-LATE-1")  # the older open invoice
@@ -130,10 +130,12 @@ def test_each_row_shows_plan_balance_oldest_due_overdue_stage_error_flags_and_la
     late_row = text_of_html(row_html(html, f"tenant-row-{late.id}"))
     oldest = clock.today() - timedelta(days=50)
     assert late_row.startswith("Late Co billing error disputed Pro $109.00")
-    assert f"{oldest:%b} {oldest.day}, {oldest.year} 20 reminder Your card was declined." in late_row
-    assert "SP-LATE-2 open" in late_row  # the newest period
+    # The oldest unpaid invoice (what overdue days count from) beside the last one issued (a newer period).
+    assert f"SP-LATE-1 due {oldest:%b} {oldest.day}, {oldest.year} · $99.00 20 reminder Your card was declined." \
+        in late_row
+    assert "SP-LATE-2 open" in late_row
     fine_row = text_of_html(row_html(html, f"tenant-row-{fine.id}"))
-    assert fine_row.startswith("Fine Co Starter $0.00 — 0 ok — SP-FINE-1 paid 2026-09 · $49.00")
+    assert fine_row.startswith("Fine Co Starter $0.00 none 0 ok — SP-FINE-1 paid 2026-09 · $49.00")
     # Most overdue first by default.
     assert html.index(f'id="tenant-row-{late.id}"') < html.index(f'id="tenant-row-{fine.id}"')
 

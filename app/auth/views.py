@@ -48,6 +48,20 @@ def _failed(response) -> bool:
 _THROTTLED = "Too many sign-in attempts. Wait a minute and try again."
 
 
+def sign_in(user) -> None:
+    """Start a fresh server-side session for `user` in this browser and commit."""
+    if current_user.is_authenticated:
+        end_session(current_user.get_id())  # someone else was signed in here: their session ends, not lingers
+    # A fresh session: nothing of the anonymous one survives sign-in, its CSRF token included.
+    session.clear()
+    g.pop("csrf_token", None)
+    now = utcnow()
+    start_session(user, now=now, user_agent=request.user_agent.string, ip_address=request.remote_addr)
+    login_user(user)
+    user.last_login_at = now
+    db.session.commit()
+
+
 @bp.route("/login", methods=["GET", "POST"])
 @access(PUBLIC)
 # Per client (request.remote_addr, from X-Forwarded-For only behind TRUSTED_PROXIES) and per account, so
@@ -71,14 +85,7 @@ def login():
             if user is None:
                 errors["form"] = "That email and password don't match an active account."
             else:
-                # A fresh session: nothing of the anonymous one survives sign-in, its CSRF token included.
-                session.clear()
-                g.pop("csrf_token", None)
-                now = utcnow()
-                start_session(user, now=now, user_agent=request.user_agent.string, ip_address=request.remote_addr)
-                login_user(user)
-                user.last_login_at = now
-                db.session.commit()
+                sign_in(user)
                 return redirect(_safe_next(request.args.get("next")) or _home_for(user))
         return render_template("auth/login.html", errors=errors, email=email), 422
     return render_template("auth/login.html", errors=errors, email=email)
@@ -94,3 +101,6 @@ def logout():
     g.pop("csrf_token", None)
     flash("You have been signed out.", "info")
     return redirect(url_for("auth.login"))
+
+
+from app.auth import password  # noqa: E402,F401  (forgot / reset / invitation routes join this blueprint)

@@ -12,16 +12,26 @@ import secrets
 from flask import (Blueprint, abort, current_app, flash, make_response, redirect, render_template, request, session,
                    url_for)
 from flask_login import current_user
+from werkzeug.utils import secure_filename
 
 from app.access import TENANT, access
 from app.extensions import db, htmx
 from app.models import Invoice, InvoiceStatus, Tenant
 from app.services import billing_views
+from app.services.pdf import html_to_pdf
 from app.services.pricing import METRIC_LABELS
 
 bp = Blueprint("billing", __name__)
 
 _NONCE_KEY = "card_update_nonce"
+_BEFORE_KEY = "card_update_before"  # the card and open invoices when the portal was opened (for the message)
+
+
+@bp.app_template_filter("metric_label")
+def metric_label(metric: str | None) -> str:
+    """A metric's name for people ("Inbound SMS"), the same on every page (pricing.METRIC_LABELS)."""
+    metric = metric or ""
+    return METRIC_LABELS.get(metric) or metric.replace("_", " ").capitalize()
 
 
 def _own_tenant() -> Tenant:
@@ -66,12 +76,13 @@ def index():
             expected = session.get(_NONCE_KEY)
             if expected and hmac.compare_digest(nonce.encode(), expected.encode()):
                 session.pop(_NONCE_KEY, None)
-                result = billing_views.retry_after_card_update(tenant.id)
-                flash(result.message, "success" if result.ok else "error")
+                result = billing_views.retry_after_card_update(tenant.id, session.pop(_BEFORE_KEY, None))
+                flash(result.message, result.category)
             return redirect(url_for("billing.index"), 303)
-    view = billing_views.tenant_billing(tenant)
-    return render_template("billing/index.html", b=view, tenant=tenant, read_only=read_only,
-                           can_pay_now=billing_views.can_pay_now, metric_labels=METRIC_LABELS,
+    query = billing_views.InvoiceQuery.from_args(request.args, tenant.id if read_only else None)
+    view = billing_views.tenant_billing(tenant, query)
+    return render_template("billing/index.html", b=view, tenant=tenant, read_only=read_only, as_of=view.as_of,
+                           can_pay_now=billing_views.can_pay_now, days_overdue=billing_views.days_overdue,
                            unit_price=billing_views.format_unit_price)
 
 
@@ -89,6 +100,7 @@ def payment_method():
         flash("We could not open the secure payment page just now. Please try again in a minute.", "error")
         return redirect(url_for("billing.index"), 303)
     session[_NONCE_KEY] = nonce
+    session[_BEFORE_KEY] = billing_views.card_update_snapshot(tenant.id)
     if htmx:
         resp = make_response("", 204)
         resp.headers["HX-Redirect"] = portal
@@ -111,10 +123,14 @@ def pay_invoice(invoice_id: int):
         result = billing_views.pay_now(invoice.id)
     if htmx:
         db.session.refresh(tenant)
-        return render_template("billing/pay_result.html", inv=result.invoice or invoice, result=result,
-                               tenant=tenant, stage_before=stage_before, balance=billing_views.balance_due(tenant.id),
-                               currency=tenant.plan_obj.currency, can_pay_now=billing_views.can_pay_now)
-    flash(result.message, "success" if result.ok else "error")
+        resp = make_response(render_template(
+            "billing/pay_result.html", inv=result.invoice or invoice, result=result, tenant=tenant,
+            stage_before=stage_before, balance=billing_views.balance_due(tenant.id),
+            currency=tenant.plan_obj.currency, can_pay_now=billing_views.can_pay_now,
+            as_of=billing_views.tenant_billing_as_of(tenant), days_overdue=billing_views.days_overdue))
+        resp.headers["HX-Trigger"] = billing_views.BILLING_CHANGED
+        return resp
+    flash(result.message, result.category)
     return redirect(url_for("billing.index"), 303)
 
 
@@ -125,3 +141,17 @@ def invoice(invoice_id: int):
     tenant = db.session.get(Tenant, invoice.tenant_id)
     return render_template("billing/invoice.html", invoice=invoice, tenant=tenant,
                            unit_price=billing_views.format_unit_price)
+
+
+@bp.route("/admin/billing/invoices/<int:invoice_id>.pdf")
+@access(TENANT, billing_ok=True)
+def invoice_pdf(invoice_id: int):
+    invoice = _visible_invoice(invoice_id)
+    tenant = db.session.get(Tenant, invoice.tenant_id)
+    html = render_template("billing/invoice.html", invoice=invoice, tenant=tenant, pdf=True,
+                           unit_price=billing_views.format_unit_price)
+    response = make_response(html_to_pdf(html))
+    response.mimetype = "application/pdf"
+    name = secure_filename(f"invoice-{invoice.number or invoice.id}.pdf")
+    response.headers["Content-Disposition"] = f'inline; filename="{name}"'
+    return response

@@ -34,6 +34,9 @@ class Invoice(TenantScoped, TimestampMixin, db.Model):
     __table_args__ = (
         CheckConstraint("status in ('draft','open','paid','void','uncollectible')", name="status_known"),
         CheckConstraint("amount_due >= 0", name="amount_nonneg"),
+        # CONTRACT §8.1: credit notes never total more than the invoice (issue 17; app/models/credits.py).
+        CheckConstraint("amount_credited >= 0 AND amount_credited <= amount_due", name="credited_within_due"),
+        CheckConstraint("balance_applied >= 0", name="balance_applied_nonneg"),
         # CONTRACT §3: at most one non-void invoice per tenant and period, enforced by the database.
         Index(
             "uq_invoices_tenant_period_live",
@@ -82,6 +85,9 @@ class Invoice(TenantScoped, TimestampMixin, db.Model):
     invoice_pdf_url: Mapped[str | None] = mapped_column(Text)
     # When a webhook last re-read this invoice from Stripe: later events created before it need no re-read.
     stripe_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Issue 17: Σ of its credit notes (pending or issued), and the tenant's credit balance Stripe applied to it.
+    amount_credited: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    balance_applied: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     lines: Mapped[list["InvoiceLine"]] = relationship(
         back_populates="invoice", order_by="InvoiceLine.id", cascade="all, delete-orphan"
@@ -90,7 +96,14 @@ class Invoice(TenantScoped, TimestampMixin, db.Model):
 
     @property
     def balance(self) -> int:
-        return max(0, self.amount_due - self.amount_paid) if self.status == InvoiceStatus.OPEN else 0
+        """What is still owed (app.models.credits.owed in SQL): 0 unless open."""
+        if self.status != InvoiceStatus.OPEN:
+            return 0
+        return max(0, self.amount_due - self.amount_paid - (self.amount_credited or 0) - (self.balance_applied or 0))
+
+    @property
+    def amount_remaining(self) -> int:
+        return self.balance
 
 
 class InvoiceLine(db.Model):

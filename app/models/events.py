@@ -30,6 +30,8 @@ class WebhookEvent(db.Model):
     last_error: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The drainer holding a `processing` row (its lease is in Redis): a dead drainer's rows go back to pending.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditLog(TenantScoped, db.Model):
@@ -70,6 +72,7 @@ class OutboxEmail(TenantScoped, db.Model):
     to_address: Mapped[str] = mapped_column(String(254))
     subject: Mapped[str] = mapped_column(String(255))
     body_text: Mapped[str] = mapped_column(Text)
+    body_html: Mapped[str | None] = mapped_column(Text)  # the HTML alternative, rendered with the text
     status: Mapped[str] = mapped_column(String(20), default="pending")  # pending, sent, failed, logged
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)

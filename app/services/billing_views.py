@@ -3,14 +3,20 @@
 The system page reads any page of any number of tenants with a constant number of statements:
 - `tenant_page`: ONE statement — an inner SELECT filters, sorts and pages the tenants (with `count(*) OVER ()`
   for the total and, only when the sort or filter needs it, a GROUP BY over open invoices), and the outer SELECT
-  adds, for the page's rows only, the balance, oldest due date, last payment error and last invoice through
-  correlated subqueries on the (tenant_id, status) index;
-- `overview`: ONE statement — the aged open balance and the money collected this month (conditional sums over
-  invoices) UNION ALL the number of tenants per dunning stage.
+  adds, for the page's rows only, the balance, oldest unpaid invoice, last payment error and last invoice
+  through correlated subqueries on the (tenant_id, status) index;
+- `overdue_as_of`: ONE statement — the day the stored overdue days were counted to (the last dunning pass);
+- `overview`: ONE statement — the aged open balance as of that day and the money collected this month
+  (conditional sums over invoices) UNION ALL the number of tenants per dunning stage.
 Both run on PostgreSQL and on SQLite (the development database).
 
+One "as of" per page: overdue days and stages are what the last dunning pass stored (`tenants.overdue_days`), so
+the aged buckets, the "since" dates and the as-of date the page prints are all read against that pass's day —
+never against the wall clock, which may be days apart (a pass run with `--as-of`, or a scheduler that stopped).
+
 Force-run status is read from the RQ job with the deterministic id the monthly tick also uses, so a force-run
-and a scheduled run of the same tenant and month are one job.
+and a scheduled run of the same tenant and month are one job; each tenant's latest force-run is remembered
+(as long as RQ keeps the job's result) so the pages show it again after a reload.
 """
 from __future__ import annotations
 
@@ -26,6 +32,10 @@ from app.models import (AuditLog, BillingRun, BillingRunOutcome, DunningStage, I
                         InvoiceStatus, Plan, PlanPrice, Tenant, utcnow)
 from app.services import clock, pricing
 from app.services.usage import month_usage
+
+#: The HX-Trigger event an action's answer raises when billing figures changed: every region of the page marked
+#: `data-live` then refreshes from one fresh render of the page (app/static/app.js), so the page equals a reload.
+BILLING_CHANGED = "billing-changed"
 
 # -- the system billing table: query parameters --------------------------------------------------------------
 
@@ -121,6 +131,17 @@ class LastInvoice:
 
 
 @dataclass(frozen=True)
+class OldestUnpaid:
+    """A tenant's oldest open invoice: the one dunning counts overdue days from."""
+
+    id: int
+    number: str | None
+    due_on: date | None  # billing-zone date
+    balance: int
+    currency: str
+
+
+@dataclass(frozen=True)
 class TenantRow:
     id: int
     name: str
@@ -137,6 +158,7 @@ class TenantRow:
     disputed: bool
     last_payment_error: str | None
     last_invoice: LastInvoice | None
+    oldest_unpaid: OldestUnpaid | None = None
 
 
 @dataclass(frozen=True)
@@ -224,17 +246,21 @@ def _rows_statement(query: TenantQuery, *, tenant_id: int | None = None, today: 
     is_open = and_(i.c.tenant_id == pg.c.id, i.c.status == InvoiceStatus.OPEN.value)
     balance = select(func.coalesce(func.sum(i.c.amount_due - i.c.amount_paid), 0)).where(is_open) \
         .scalar_subquery()
-    oldest = select(func.min(i.c.due_at)).where(is_open).scalar_subquery()
     last_error = (select(i.c.last_payment_error).where(is_open, i.c.last_payment_error.is_not(None))
                   .order_by(i.c.period_start.desc(), i.c.id.desc()).limit(1).scalar_subquery())
     last_id = (select(i.c.id).where(i.c.tenant_id == pg.c.id, i.c.status != InvoiceStatus.DRAFT.value)
                .order_by(i.c.period_start.desc(), i.c.id.desc()).limit(1).scalar_subquery())
-    li = i.alias("li")
-    return (select(pg, balance.label("balance"), oldest.label("oldest_due"), last_error.label("last_error"),
+    # The oldest unpaid invoice is the one overdue days count from (the same order dunning uses: min(due_at)).
+    oldest_id = (select(i.c.id).where(is_open).order_by(i.c.due_at.asc().nulls_last(), i.c.id).limit(1)
+                 .scalar_subquery())
+    li, oi = i.alias("li"), i.alias("oi")
+    return (select(pg, balance.label("balance"), last_error.label("last_error"),
                    li.c.id.label("li_id"), li.c.number.label("li_number"), li.c.status.label("li_status"),
                    li.c.amount_due.label("li_amount"), li.c.currency.label("li_currency"),
-                   li.c.period_start.label("li_period"), li.c.paid_at.label("li_paid_at"))
-            .select_from(pg.outerjoin(li, li.c.id == last_id))
+                   li.c.period_start.label("li_period"), li.c.paid_at.label("li_paid_at"),
+                   oi.c.id.label("oi_id"), oi.c.number.label("oi_number"), oi.c.due_at.label("oldest_due"),
+                   (oi.c.amount_due - oi.c.amount_paid).label("oi_balance"), oi.c.currency.label("oi_currency"))
+            .select_from(pg.outerjoin(li, li.c.id == last_id).outerjoin(oi, oi.c.id == oldest_id))
             .order_by(*ordering(pg.c.sort_key, pg.c.name_key, pg.c.id)))
 
 
@@ -244,12 +270,17 @@ def _row(r: Any) -> TenantRow:
         last = LastInvoice(id=r.li_id, number=r.li_number, status=r.li_status, amount_due=int(r.li_amount),
                            currency=r.li_currency, period_start=r.li_period, paid_at=_aware(r.li_paid_at))
     oldest = _aware(r.oldest_due)
+    oldest_day = clock.local_day(oldest) if oldest else None
+    unpaid = None
+    if r.oi_id is not None:
+        unpaid = OldestUnpaid(id=r.oi_id, number=r.oi_number, due_on=oldest_day,
+                              balance=max(0, int(r.oi_balance or 0)), currency=r.oi_currency)
     return TenantRow(
         id=r.id, name=r.name, status=r.status, plan_code=r.plan, plan_name=r.plan_name, currency=r.currency,
-        balance=max(0, int(r.balance or 0)), oldest_due=clock.local_day(oldest) if oldest else None,
+        balance=max(0, int(r.balance or 0)), oldest_due=oldest_day,
         overdue_days=r.overdue_days or 0, stage=r.dunning_stage, exempt_until=r.dunning_exempt_until,
         billing_error=r.billing_error, disputed=bool(r.disputed), last_payment_error=r.last_error,
-        last_invoice=last)
+        last_invoice=last, oldest_unpaid=unpaid)
 
 
 def _aware(value: Any) -> datetime | None:
@@ -317,25 +348,51 @@ class Overview:
     stage_counts: dict[str, int]
     month_start: date
     work_period: str | None = None  # the latest month of the pickers that still has tenants to invoice
+    as_of: date | None = None  # the day the buckets count overdue days to (see overdue_as_of)
 
     @property
     def tenants(self) -> int:
         return sum(self.stage_counts.values())
 
 
-def overview(*, now: datetime | None = None) -> Overview:
-    """Aged open balance (by days overdue), money collected this month, tenants per stage and the month that has
-    work (see work_period): one statement."""
+def overdue_as_of(*, now: datetime | None = None) -> date:
+    """The day the stored overdue days were counted to: the last dunning pass's as-of; today when none is overdue.
+
+    Read back from the data the pass wrote (a tenant's overdue days = as-of − the billing-zone due date of its
+    oldest open invoice), from the most overdue tenant: one statement, nothing extra to keep in step.
+    """
+    t, i = Tenant.__table__, Invoice.__table__
+    oldest = (select(func.min(i.c.due_at)).where(i.c.tenant_id == t.c.id, i.c.status == InvoiceStatus.OPEN.value)
+              .scalar_subquery())
+    row = db.session.execute(select(t.c.overdue_days, oldest).where(t.c.overdue_days > 0, oldest.is_not(None))
+                             .order_by(t.c.overdue_days.desc(), t.c.id).limit(1)).first()
+    due = _aware(row[1]) if row else None
+    if due is None:
+        return clock.today(now)
+    return clock.local_day(due) + timedelta(days=int(row[0]))
+
+
+def tenant_as_of(row: TenantRow, *, now: datetime | None = None) -> date:
+    """The day one tenant's overdue days were counted to (its last dunning evaluation); today when not overdue."""
+    if row.overdue_days > 0 and row.oldest_due is not None:
+        return row.oldest_due + timedelta(days=row.overdue_days)
+    return clock.today(now)
+
+
+def overview(*, now: datetime | None = None, as_of: date | None = None) -> Overview:
+    """Aged open balance (by days overdue as of `as_of`, default overdue_as_of()), money collected this month,
+    tenants per stage and the month that has work (see work_period): one statement (two without as_of)."""
     now = now or utcnow()
     today = clock.today(now)
+    as_of = as_of or overdue_as_of(now=now)
     tz = clock.billing_tz()
     month_start, month_end = clock.month_bounds(today.year, today.month)
     m0, m1 = clock.day_start_utc(month_start, tz), clock.day_start_utc(month_end + timedelta(days=1), tz)
     i, t = Invoice.__table__, Tenant.__table__
 
     def not_yet_overdue(days: int):
-        # overdue days < N ⟺ the billing-zone due date is after today − N ⟺ due at or after that day's end.
-        return i.c.due_at >= clock.day_start_utc(today - timedelta(days=days - 1), tz)
+        # overdue days < N ⟺ the billing-zone due date is after as_of − N ⟺ due at or after that day's end.
+        return i.c.due_at >= clock.day_start_utc(as_of - timedelta(days=days - 1), tz)
 
     paid_this_month = and_(i.c.status == InvoiceStatus.PAID.value, i.c.paid_at >= m0, i.c.paid_at < m1)
     # One CASE per invoice picks its bucket (-1: paid this month); the sums are then per (currency, bucket).
@@ -378,7 +435,7 @@ def overview(*, now: datetime | None = None) -> Overview:
         aged.append(AgedBalance(currency=currency, buckets=buckets, open_total=open_total,
                                 collected_this_month=by_bucket.get(-1, (0, 0))[0]))
     return Overview(aged=aged, stage_counts=counts, month_start=month_start,
-                    work_period=work_period(choices, billable_from, numbers))
+                    work_period=work_period(choices, billable_from, numbers), as_of=as_of)
 
 
 def _period_end(period: str) -> datetime:
@@ -446,6 +503,90 @@ def run_with_summary(run_id: int | None = None):
         if result is not None:
             summary.add(result, reason, tenants)
     return (rows[0][0] if rows else None), summary
+
+
+# Charge attempts of a run that did not take the money, by the reason the run counted them under.
+_ATTEMPT_REASONS = {"failed": "payment_failed", "action_required": "action_required", "error": "charge_retry"}
+
+
+@dataclass(frozen=True)
+class NamedOutcome:
+    """One tenant a billing run could not settle, named, with what went wrong (for the run's result)."""
+
+    tenant_id: int
+    name: str
+    message: str
+
+
+def run_problems(run: BillingRun | None, summary: Any, *, limit: int = 50) -> dict[str, list[NamedOutcome]]:
+    """The tenants behind a run's declines, authentications, retries and failures, by reason code.
+
+    Read from what the run wrote, within the run's time window: its charge attempts (trigger "manual") on the
+    run's month, and the billing errors it recorded ("invoice YYYY-MM: …", under the key "failed"). One
+    statement, made only when the run counted such a tenant.
+    """
+    if run is None or not (summary.total("failed") or any(summary.count(r) for r in _ATTEMPT_REASONS.values())):
+        return {}
+    from app.models import PaymentAttempt
+
+    first = date(*clock.parse_period(run.period), 1)
+    end = run.finished_at or utcnow()
+    a, i, t = PaymentAttempt.__table__, Invoice.__table__, Tenant.__table__
+    attempts = (select(t.c.id, t.c.name, a.c.status.label("kind"), a.c.error_message.label("message"),
+                       a.c.created_at.label("at"))
+                .select_from(a.join(i, i.c.id == a.c.invoice_id).join(t, t.c.id == a.c.tenant_id))
+                .where(a.c.trigger == "manual", a.c.status.in_(list(_ATTEMPT_REASONS)), i.c.period_start == first,
+                       a.c.created_at >= run.started_at, a.c.created_at <= end))
+    prefix = f"invoice {run.period}: "
+    failures = (select(t.c.id, t.c.name, literal("failed", String).label("kind"), t.c.billing_error,
+                       t.c.billing_error_at)
+                .where(t.c.billing_error.startswith(prefix, autoescape=True),
+                       t.c.billing_error_at >= run.started_at, t.c.billing_error_at <= end))
+    both = union_all(attempts, failures).subquery("p")
+    rows = db.session.execute(select(both).order_by(both.c.at.desc()).limit(limit)).all()
+    out: dict[str, list[NamedOutcome]] = {}
+    seen: set[tuple[str, int]] = set()
+    for tenant_id, name, kind, message, _at in rows:
+        reason = _ATTEMPT_REASONS.get(kind, "failed")
+        if (reason, tenant_id) in seen:  # the latest attempt says it
+            continue
+        seen.add((reason, tenant_id))
+        text = (message or "").removeprefix(prefix).strip() or "no detail recorded"
+        out.setdefault(reason, []).append(NamedOutcome(tenant_id, name, _sentence(text)))
+    for named in out.values():
+        named.sort(key=lambda n: n.name.lower())
+    return out
+
+
+@dataclass(frozen=True)
+class HeadlinePart:
+    """One reason of a run's one-line result: "1 payment declined: Dunmore Roofing — Your card was declined."."""
+
+    code: str
+    label: str
+    tenants: int
+    named: list[NamedOutcome]
+
+    @property
+    def unnamed(self) -> int:
+        return max(0, self.tenants - len(self.named)) if self.named else 0
+
+
+def run_headline(summary: Any, problems: Mapping[str, list[NamedOutcome]]) -> list[HeadlinePart]:
+    """A run's result as one line of reasons, most telling first, naming the tenants it could not settle."""
+    from app.services.invoicing import RunResult
+
+    parts: list[HeadlinePart] = []
+    failed = summary.reasons(RunResult.FAILED)
+    for result in RunResult:
+        for code, label, n in summary.reasons(result):
+            named = list(problems.get(code, []))
+            if result == RunResult.FAILED and len(failed) == 1:
+                named = list(problems.get("failed", []))  # billing errors carry no reason code: one reason, theirs
+            parts.append(HeadlinePart(code, label, n, named))
+    if len(failed) > 1 and problems.get("failed"):
+        parts.append(HeadlinePart("failed", "failed", summary.total(RunResult.FAILED), list(problems["failed"])))
+    return parts
 
 
 def failed_webhook_events(limit: int = 20) -> list[Any] | None:
@@ -519,12 +660,22 @@ def force_run_job_id(tenant_id: int, period: str) -> str:
     return f"invoice-{tenant_id}-{period}"
 
 
+_LAST_FORCE_RUN_TTL = 3600  # as long as enqueue_unique keeps a finished job's result (result_ttl)
+
+
+def _last_force_run_key(tenant_id: int) -> str:
+    return f"servicepro:force-run-last:{tenant_id}"
+
+
 def enqueue_force_run(tenant_id: int, period: str) -> ForceRun:
     """Queue the invoice job for a tenant and month, or return the one already queued or running."""
+    from app.extensions import rq
     from app.jobs import enqueue_unique
 
     job = enqueue_unique("billing", "app.jobs.invoice_tenant", tenant_id, period, "force_run",
                          job_id=force_run_job_id(tenant_id, period))
+    # Remembered so the pages show this force-run again after a reload, whichever month they offer by default.
+    rq.connection.set(_last_force_run_key(tenant_id), period, ex=_LAST_FORCE_RUN_TTL)
     return _from_job(tenant_id, period, job)
 
 
@@ -542,8 +693,38 @@ def force_run_status(tenant_id: int, period: str) -> ForceRun:
     return _from_job(tenant_id, period, job)
 
 
-def _from_job(tenant_id: int, period: str, job: Any) -> ForceRun:
-    status = job.get_status(refresh=True)
+def last_force_runs(tenant_ids: list[int]) -> dict[int, ForceRun]:
+    """Each tenant's latest force-run still known to RQ (two Redis round trips for any number of tenants).
+
+    Redis trouble reads as "no force-run": the page still shows every tenant's billing state.
+    """
+    from rq.job import Job
+
+    from app.extensions import rq
+
+    if not tenant_ids:
+        return {}
+    try:
+        periods = rq.connection.mget([_last_force_run_key(t) for t in tenant_ids])
+        wanted = [(t, p.decode()) for t, p in zip(tenant_ids, periods) if p]
+        if not wanted:
+            return {}
+        jobs = Job.fetch_many([force_run_job_id(t, p) for t, p in wanted], connection=rq.connection)
+        return {t: _from_job(t, p, job, refresh=False) for (t, p), job in zip(wanted, jobs) if job is not None}
+    except Exception:  # noqa: BLE001 - see the docstring
+        import logging
+
+        logging.getLogger(__name__).warning("could not read the latest force-runs", exc_info=True)
+        return {}
+
+
+def last_force_run(tenant_id: int) -> ForceRun | None:
+    """A tenant's latest force-run still known to RQ, if any."""
+    return last_force_runs([tenant_id]).get(tenant_id)
+
+
+def _from_job(tenant_id: int, period: str, job: Any, *, refresh: bool = True) -> ForceRun:
+    status = job.get_status(refresh=refresh)
     status = str(getattr(status, "value", status) or "queued")  # rq's JobStatus enum, or a plain string
     if status in POLLING_STATES:
         return ForceRun(tenant_id, period, status,
@@ -599,10 +780,15 @@ class TenantDetail:
     tenant: Tenant
     invoices: list[Invoice]
     audits: list[AuditLog]
+    as_of: date  # the day the overdue days were counted to (see tenant_as_of)
+    stage_since: date | None  # the as-of day of the dunning evaluation that put the tenant on its stage
 
 
-def tenant_detail(tenant_id: int, *, invoices: int = 24, audits: int = 20) -> TenantDetail | None:
+def tenant_detail(tenant_id: int, *, invoices: int = 24, audits: int = 20, now: datetime | None = None
+                  ) -> TenantDetail | None:
     """Everything the root's tenant billing page shows: the row, recent invoices and the audit trail."""
+    from app.models import DunningEvent
+
     row = tenant_row(tenant_id)
     if row is None:
         return None
@@ -611,7 +797,16 @@ def tenant_detail(tenant_id: int, *, invoices: int = 24, audits: int = 20) -> Te
                                    .order_by(Invoice.period_start.desc(), Invoice.id.desc()).limit(invoices)))
     log = list(db.session.scalars(select(AuditLog).where(AuditLog.tenant_id == tenant_id)
                                   .order_by(AuditLog.id.desc()).limit(audits)))
-    return TenantDetail(row=row, tenant=tenant, invoices=invs, audits=log)
+    since = None
+    if tenant.dunning_stage != DunningStage.OK:
+        # The day the pass counted to, not the moment it ran: a pass run with --as-of dates its changes then.
+        since = db.session.scalar(select(DunningEvent.as_of).where(
+            DunningEvent.tenant_id == tenant_id, DunningEvent.to_stage == tenant.dunning_stage)
+            .order_by(DunningEvent.id.desc()).limit(1))
+        if since is None and tenant.dunning_stage_since is not None:
+            since = clock.local_day(tenant.dunning_stage_since)
+    return TenantDetail(row=row, tenant=tenant, invoices=invs, audits=log, as_of=tenant_as_of(row, now=now),
+                        stage_since=since)
 
 
 # -- the tenant billing page ------------------------------------------------------------------------------------
@@ -627,6 +822,78 @@ class UsageEstimate:
     currency: str
 
 
+INVOICES_PER_PAGE = 6  # CONTRACT §5: the billing page shows the last 6 invoices; a pager leads to the rest
+
+
+@dataclass(frozen=True)
+class InvoiceQuery:
+    """Which page of a tenant's invoices the billing page shows (from GET query arguments)."""
+
+    page: int = 1
+    tenant_id: int | None = None  # a root admin's read-only look at a tenant (?tenant_id=)
+    per_page: int = INVOICES_PER_PAGE
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str], tenant_id: int | None = None) -> InvoiceQuery:
+        """Read ?page=; anything unusable is page 1 (never an error)."""
+        return cls(page=max(1, min(_int(args.get("page"), 1), 1_000_000)), tenant_id=tenant_id)
+
+    def args(self, **changes: Any) -> dict[str, Any]:
+        """Query arguments for a link to this view with some changes (page 1 left out of the URL)."""
+        merged = replace(self, **changes)
+        out: dict[str, Any] = {}
+        if merged.tenant_id is not None:
+            out["tenant_id"] = merged.tenant_id
+        if merged.page != 1:
+            out["page"] = merged.page
+        return out
+
+
+@dataclass(frozen=True)
+class InvoicePage:
+    """One page of a tenant's invoices, newest first; page 1 also lists older invoices still open (to pay them)."""
+
+    query: InvoiceQuery
+    rows: list[Invoice]
+    total: int
+    older_open: list[Invoice] = field(default_factory=list)
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.query.per_page))
+
+    @property
+    def first_index(self) -> int:
+        return (self.query.page - 1) * self.query.per_page + 1 if self.rows else 0
+
+    @property
+    def last_index(self) -> int:
+        return self.first_index + len(self.rows) - 1 if self.rows else 0
+
+
+def invoice_page(tenant_id: int, query: InvoiceQuery) -> InvoicePage:
+    """A page of a tenant's issued invoices (drafts are not shown) with the total: one statement, two on page 1."""
+    i = Invoice.__table__
+    stmt = (select(Invoice, func.count().over().label("total"))
+            .where(Invoice.tenant_id == tenant_id, Invoice.status != InvoiceStatus.DRAFT)
+            .order_by(Invoice.period_start.desc(), Invoice.id.desc())
+            .limit(query.per_page).offset((query.page - 1) * query.per_page))
+    found = db.session.execute(stmt).all()
+    if found:
+        total = int(found[0].total)
+    else:
+        total = int(db.session.scalar(select(func.count()).select_from(i).where(
+            i.c.tenant_id == tenant_id, i.c.status != InvoiceStatus.DRAFT.value)) or 0)
+    rows = [r[0] for r in found]
+    older: list[Invoice] = []
+    if query.page == 1 and len(rows) == query.per_page:
+        shown = {inv.id for inv in rows}
+        older = [inv for inv in db.session.scalars(
+            select(Invoice).where(Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN)
+            .order_by(Invoice.period_start.desc(), Invoice.id.desc())) if inv.id not in shown]
+    return InvoicePage(query=query, rows=rows, total=total, older_open=older)
+
+
 @dataclass
 class TenantBilling:
     tenant: Tenant
@@ -635,9 +902,10 @@ class TenantBilling:
     balance_due: int
     currency: str
     next_invoice_date: date
-    invoices: list[Invoice]  # the last 6, plus any older invoice still open
+    invoices: InvoicePage
     usage: UsageEstimate
-    open_invoices: list[Invoice] = field(default_factory=list)
+    as_of: date  # the day overdue days are counted to (see tenant_billing_as_of)
+
 
 
 def usage_estimate(tenant: Tenant, plan: Plan, prices: list[PlanPrice], *, now: datetime | None = None
@@ -657,21 +925,37 @@ def usage_estimate(tenant: Tenant, plan: Plan, prices: list[PlanPrice], *, now: 
                          lines=lines, so_far=pricing.total(lines), projected=projected, currency=plan.currency)
 
 
-def tenant_billing(tenant: Tenant, *, now: datetime | None = None) -> TenantBilling:
-    """Everything the tenant billing page shows (invoicing.billing_status plus usage and open invoices)."""
+def tenant_billing(tenant: Tenant, query: InvoiceQuery | None = None, *, now: datetime | None = None
+                   ) -> TenantBilling:
+    """Everything the tenant billing page shows (invoicing.billing_status plus usage and a page of invoices)."""
     from app.services.invoicing import billing_status
 
     now = now or utcnow()
-    status = billing_status(tenant, now=now, limit=6)
-    open_invoices = list(db.session.scalars(
-        select(Invoice).where(Invoice.tenant_id == tenant.id, Invoice.status == InvoiceStatus.OPEN)
-        .order_by(Invoice.period_start, Invoice.id)))
-    shown = {inv.id for inv in status.invoices}
-    invoices = status.invoices + [inv for inv in reversed(open_invoices) if inv.id not in shown]
+    status = billing_status(tenant, now=now, limit=0)
     prices = list(status.plan.prices)
     return TenantBilling(tenant=tenant, plan=status.plan, prices=prices, balance_due=status.balance_due,
-                         currency=status.currency, next_invoice_date=status.next_invoice_date, invoices=invoices,
-                         usage=usage_estimate(tenant, status.plan, prices, now=now), open_invoices=open_invoices)
+                         currency=status.currency, next_invoice_date=status.next_invoice_date,
+                         invoices=invoice_page(tenant.id, query or InvoiceQuery()),
+                         usage=usage_estimate(tenant, status.plan, prices, now=now),
+                         as_of=tenant_billing_as_of(tenant, now=now))
+
+
+def tenant_billing_as_of(tenant: Tenant, *, now: datetime | None = None) -> date:
+    """The day a tenant's overdue days were counted to: its oldest open invoice's due day + the stored overdue
+    days (what its last dunning evaluation used); today when it is not overdue."""
+    if tenant.overdue_days > 0:
+        oldest = _aware(db.session.scalar(select(func.min(Invoice.due_at)).where(
+            Invoice.tenant_id == tenant.id, Invoice.status == InvoiceStatus.OPEN)))
+        if oldest is not None:
+            return clock.local_day(oldest) + timedelta(days=tenant.overdue_days)
+    return clock.today(now)
+
+
+def days_overdue(invoice: Invoice, as_of: date) -> int:
+    """Days an open invoice is overdue as of a day (0 when not open or not yet due)."""
+    if invoice.status != InvoiceStatus.OPEN or invoice.due_at is None:
+        return 0
+    return max(0, (as_of - clock.local_day(invoice.due_at)).days)
 
 
 def balance_due(tenant_id: int) -> int:
@@ -697,6 +981,11 @@ class PayResult:
     message: str
     invoice: Invoice | None = None
     hosted_url: str | None = None  # where to authenticate, when the bank asks for it
+    tone: str = ""  # the flash category when neither success nor error fits ("info")
+
+    @property
+    def category(self) -> str:
+        return self.tone or ("success" if self.ok else "error")
 
 
 def pay_now(invoice_id: int, *, now: datetime | None = None) -> PayResult:
@@ -733,10 +1022,44 @@ def pay_now(invoice_id: int, *, now: datetime | None = None) -> PayResult:
     return PayResult(False, "The payment did not go through.", invoice)
 
 
-def retry_after_card_update(tenant_id: int, *, now: datetime | None = None) -> PayResult:
-    """Charge a tenant's open invoices at once after a card change; the result worded for the tenant."""
+def _open_invoice_ids(tenant_id: int) -> list[int]:
+    return list(db.session.scalars(
+        select(Invoice.id).where(Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN)
+        .order_by(Invoice.period_start, Invoice.id).limit(50)))
+
+
+def _default_card(tenant_id: int) -> str | None:
+    """The tenant's default payment method in Stripe; None when unknown (no customer, or Stripe unreachable)."""
+    from app import stripe_gateway
+
+    customer = db.session.scalar(select(Tenant.stripe_customer_id).where(Tenant.id == tenant_id))
+    if not customer:
+        return None
+    try:
+        return stripe_gateway.default_payment_method(customer)
+    except Exception:  # noqa: BLE001 - only used to word a message; never blocks the card update
+        return None
+
+
+def card_update_snapshot(tenant_id: int) -> dict[str, Any]:
+    """What the tenant had before going to the portal (default card, open invoices): the return's message
+    compares with it, so it tells what actually changed (a webhook may have charged in between)."""
+    return {"card": _default_card(tenant_id), "open": _open_invoice_ids(tenant_id)}
+
+
+def retry_after_card_update(tenant_id: int, before: Mapping[str, Any] | None = None, *,
+                            now: datetime | None = None) -> PayResult:
+    """Charge a tenant's open invoices at once after a card change; the result worded for the tenant, true to
+    what happened since `before` (card_update_snapshot at the portal's opening)."""
     from app.services.payments import retry_open_invoices
 
+    before = before or {}
+    card_before = before.get("card")
+    if card_before and _default_card(tenant_id) == card_before:
+        count = len(_open_invoice_ids(tenant_id))
+        owed = f" {count} invoice{'s are' if count > 1 else ' is'} still open." if count else ""
+        return PayResult(False, "Your payment method was not changed." + owed, tone="info")
+    were_open = set(before.get("open") or []) | set(_open_invoice_ids(tenant_id))
     try:
         retry_open_invoices(tenant_id, trigger="card_updated", now=now)
     except Exception:  # noqa: BLE001 - the new card is saved either way; the scheduled retries will follow
@@ -751,6 +1074,8 @@ def retry_after_card_update(tenant_id: int, *, now: datetime | None = None) -> P
         select(Invoice).where(Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN)
         .order_by(Invoice.period_start)))
     if not still_open:
+        if not were_open:
+            return PayResult(True, "Your payment method was updated. Nothing was due, so nothing was charged.")
         return PayResult(True, "Your payment method was updated and every open invoice is paid. Thank you!")
     errors = [inv.last_payment_error for inv in still_open if inv.last_payment_error]
     detail = f" ({errors[-1].strip().rstrip('.')})" if errors else ""

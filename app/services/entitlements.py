@@ -16,6 +16,7 @@ bulk load) is picked up by the periodic sweep, which runs the same check.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from flask import Flask
-from sqlalchemy import event, inspect, select, text, tuple_, update
+from sqlalchemy import bindparam, event, inspect, select, text, tuple_, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
@@ -77,10 +78,15 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+@functools.lru_cache(maxsize=64)
+def _visible(status: str, stage: str) -> tuple[tuple[str, Any], ...]:
+    """What a service sees of a status and stage (a handful of combinations, computed once each)."""
+    return (*entitlements_from(status, stage).as_dict().items(), ("dunning_stage", str(stage)))
+
+
 def document(tenant_id: int, status: str, stage: str, updated_at: datetime) -> dict[str, Any]:
     """The entitlements document of one tenant, as the API answers and push events carry it."""
-    return {"tenant_id": tenant_id, **entitlements_from(status, stage).as_dict(), "dunning_stage": str(stage),
-            "updated_at": iso(updated_at)}
+    return {"tenant_id": tenant_id, **dict(_visible(status, stage)), "updated_at": iso(updated_at)}
 
 
 def encode(payload: Any) -> bytes:
@@ -96,9 +102,17 @@ def etag_of(body: bytes) -> str:
 _COLUMNS = (Tenant.id, Tenant.status, Tenant.dunning_stage, Tenant.entitlements_updated_at)
 
 
+@functools.cache
+def _one_tenant():
+    # Built once: the hot path of services' polling (a Core statement skips the ORM's per-call work).
+    t = Tenant.__table__
+    return select(t.c.id, t.c.status, t.c.dunning_stage, t.c.entitlements_updated_at).where(
+        t.c.id == bindparam("tenant_id"))
+
+
 def read_one(tenant_id: int) -> dict[str, Any] | None:
     """One tenant's document, or None when there is no such tenant."""
-    row = db.session.execute(select(*_COLUMNS).where(Tenant.id == tenant_id)).first()
+    row = db.session.connection().execute(_one_tenant(), {"tenant_id": tenant_id}).first()
     return document(*row) if row else None
 
 
@@ -167,11 +181,11 @@ def _chunks(ids: list[int]) -> Iterable[list[int]]:
 
 
 def publish_changes(now: datetime | None = None, *, session: Session | None = None) -> int:
-    """Stamp and announce every tenant whose entitlements changed since last told; return documents announced.
+    """Stamp and announce every tenant whose entitlements changed since last told; return how many changed.
 
     Runs inside the caller's transaction (does not commit): the stamp and the outbox rows commit with the change.
     """
-    from app.services.integrations import record_events
+    from app.services.integrations import active_endpoint_ids, record_events
     from app.services.notifications import among
 
     session = session or db.session
@@ -185,23 +199,26 @@ def publish_changes(now: datetime | None = None, *, session: Session | None = No
     rows = session.execute(query).all()
     if not rows:
         return 0
-    docs, changed, unchanged = [], [], []
+    changed, unchanged = [], []
     for tenant_id, status, stage, told in rows:
         old_status, _, old_stage = told.partition(":")
-        if (entitlements_from(old_status, old_stage), old_stage) == (entitlements_from(status, stage), stage):
+        if _visible(old_status, old_stage) == _visible(status, stage):
             unchanged.append(tenant_id)  # e.g. a restricted tenant disabled: nothing a service can see changed
         else:
             changed.append(tenant_id)
-            docs.append(document(tenant_id, status, stage, now))
     told_now = {"entitlements_state": Tenant.status + ":" + Tenant.dunning_stage}
     for ids, values in ((changed, {**told_now, "entitlements_updated_at": now}), (unchanged, told_now)):
         for chunk in _chunks(ids):
             session.execute(update(Tenant).where(among(Tenant.id, chunk)).values(**values)
                             .execution_options(synchronize_session=False, **{_INTERNAL: True}))
-    if docs:
-        record_events(docs, now=now, session=session)
-        log.info("entitlements changed for %s tenants", len(docs))
-    return len(docs)
+    endpoint_ids = active_endpoint_ids(session) if changed else []
+    if endpoint_ids:
+        by_id = {r.id: r for r in rows}
+        docs = [document(i, by_id[i].status, by_id[i].dunning_stage, now) for i in changed]
+        record_events(docs, endpoint_ids, now=now, session=session)
+    if changed:
+        log.info("entitlements changed for %s tenants (%s endpoints told)", len(changed), len(endpoint_ids))
+    return len(changed)
 
 
 def _note_statement(state) -> None:

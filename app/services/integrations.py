@@ -10,6 +10,7 @@ after it wait behind it, so a receiver never sees an older state after a newer o
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -22,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from sqlalchemy import exists, func, insert, or_, select, update
+from sqlalchemy import bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.extensions import db
@@ -113,12 +114,17 @@ class TokenUse:
     scopes: tuple[str, ...]
 
 
+@functools.cache
+def _live_token():
+    # Built once: every service request runs it (a Core statement skips the ORM's per-call work).
+    t = ServiceToken.__table__
+    return select(t.c.id, t.c.name, t.c.scopes, t.c.last_used_at).where(t.c.token_hash == bindparam("token_hash"),
+                                                                        t.c.revoked_at.is_(None))
+
+
 def use_token(plaintext: str, now: datetime | None = None) -> TokenUse | None:
     """The non-revoked token with this plaintext, or None; records last_used_at (at most once a minute)."""
-    row = db.session.execute(
-        select(ServiceToken.id, ServiceToken.name, ServiceToken.scopes, ServiceToken.last_used_at)
-        .where(ServiceToken.token_hash == hash_token(plaintext), ServiceToken.revoked_at.is_(None))
-    ).first()
+    row = db.session.connection().execute(_live_token(), {"token_hash": hash_token(plaintext)}).first()
     if row is None:
         return None
     now = now or utcnow()
@@ -201,11 +207,16 @@ def event_body(event_id: str, doc: dict[str, Any], now: datetime) -> str:
                       separators=(",", ":"), sort_keys=True)
 
 
-def record_events(docs: list[dict[str, Any]], *, now: datetime, session: Session | None = None) -> int:
-    """Queue one `entitlements.updated` event per document for every active endpoint (in the caller's transaction)."""
+def active_endpoint_ids(session: Session | None = None) -> list[int]:
+    """Ids of the endpoints that receive new events."""
+    return list((session or db.session).scalars(
+        select(IntegrationEndpoint.id).where(IntegrationEndpoint.disabled_at.is_(None)).order_by(IntegrationEndpoint.id)))
+
+
+def record_events(docs: list[dict[str, Any]], endpoint_ids: list[int], *, now: datetime,
+                  session: Session | None = None) -> int:
+    """Queue one `entitlements.updated` event per document for each endpoint (in the caller's transaction)."""
     session = session or db.session
-    endpoint_ids = list(session.scalars(select(IntegrationEndpoint.id).where(IntegrationEndpoint.disabled_at.is_(None))
-                                        .order_by(IntegrationEndpoint.id)))
     if not endpoint_ids or not docs:
         return 0
     events = []
@@ -230,8 +241,8 @@ def wake_deliverer() -> None:
     try:
         rq.connection.set(WAKE_KEY, "1", ex=3600)
         enqueue_unique("default", DELIVER_JOB, job_id=DELIVER_JOB_ID, result_ttl=300)
-    except Exception:  # noqa: BLE001 - Redis down must not fail the change; the periodic sweep delivers
-        log.exception("could not queue the entitlements deliverer; the periodic sweep will deliver")
+    except Exception as err:  # noqa: BLE001 - Redis down must not fail the change; the periodic sweep delivers
+        log.warning("could not queue the entitlements deliverer (%s); the periodic sweep will deliver", err)
 
 
 def replay_delivery(delivery_id: int, *, actor_user_id: int | None = None,

@@ -27,7 +27,7 @@ from app.stripe_gateway import GatewayError, Outcome
 from app.extensions import db
 from app.models import (BillingRun, BillingRunOutcome, Invoice, InvoiceLine, InvoiceSequence, InvoiceStatus, Plan,
                         Tenant, utcnow)
-from app.services import clock, payments, pricing
+from app.services import clock, notifications, payments, pricing
 from app.services.customers import ensure_customer
 
 log = logging.getLogger(__name__)
@@ -266,6 +266,7 @@ def finalize_in_stripe(invoice: Invoice, customer_id: str, *, now: datetime | No
     payments.apply_stripe_invoice(invoice, remote, now=now)
     if invoice.status == InvoiceStatus.OPEN and invoice.next_payment_attempt_at is None:
         invoice.next_payment_attempt_at = now  # charge now; if we die before, the hourly retry picks it up
+    notifications.queue_invoice_issued(invoice, now=now)  # issue 18: in this transaction, never raises
     db.session.commit()
     return invoice
 
@@ -401,6 +402,7 @@ def run_monthly_tick(as_of: date | None = None, *, now: datetime | None = None) 
     now = now or utcnow()
     as_of = as_of or clock.today(now)
     rollup_day(as_of - timedelta(days=1), now=now)
+    _daily_money_upkeep(as_of, now)  # issue 17
     year, month = clock.previous_month(as_of)
     period = period_key(year, month)
     due = billable_tenant_ids(year, month, only_due=True)
@@ -411,6 +413,23 @@ def run_monthly_tick(as_of: date | None = None, *, now: datetime | None = None) 
         enqueue_unique("billing", "app.jobs.invoice_tenant", tenant_id, period, "scheduled",
                        job_id=f"invoice-{tenant_id}-{period}")
     return len(due)
+
+
+def _daily_money_upkeep(as_of: date, now: datetime) -> None:
+    """Plans dated today take effect (tenants.plan), and interrupted credit notes are completed; never raises."""
+    from app.services import credits, plans
+
+    try:
+        plans.sync_current_plans(as_of)
+        db.session.commit()
+    except Exception:  # noqa: BLE001 - tomorrow's tick tries again; invoicing must go on
+        db.session.rollback()
+        log.exception("could not bring tenants onto the plans in force on %s", as_of)
+    try:
+        credits.resume_pending(now=now)
+    except Exception:  # noqa: BLE001
+        db.session.rollback()
+        log.exception("could not complete the pending credit notes")
 
 
 def created_after_count(year: int, month: int) -> int:

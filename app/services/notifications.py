@@ -5,11 +5,16 @@ column is unique, so queueing the same email twice — a doubled job, a retried 
 sent over SMTP when SMTP_URL is set (failed sends stay pending with attempts/last_error and are retried by the next
 flush, up to MAX_ATTEMPTS), otherwise they are marked `logged` and written to the log. Delivery is at least once: a
 crash between the SMTP "250" and our commit resends that batch.
+
+Every email has a plain-text body (emails/<kind>.txt, first line "Subject: …") and an HTML alternative rendered
+from the same data: emails/<kind>.html where a kind has its own layout, else the text itself set in the common
+HTML layout (so the wording of the two can never drift apart). Over SMTP they go as multipart/alternative.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 import smtplib
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -19,10 +24,11 @@ from typing import Any, Iterable
 from urllib.parse import unquote, urlsplit
 
 from flask import current_app
+from jinja2 import TemplateNotFound
 from sqlalchemy import ARRAY, BigInteger, Table, any_, literal, select, text
 
 from app.extensions import db
-from app.models import Invoice, OutboxEmail, Role, Tenant, User
+from app.models import Invoice, InvoiceStatus, OutboxEmail, Role, Tenant, User
 from app.services.clock import local_day, utcnow
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,7 @@ class OutboxStatus:
 class Rendered:
     subject: str
     body: str
+    html: str | None = None
 
 
 # -- composing ---------------------------------------------------------------------------------------------
@@ -51,16 +58,66 @@ def billing_url() -> str:
     return current_app.config["APP_BASE_URL"].rstrip("/") + "/admin/billing"
 
 
+def app_url(path: str) -> str:
+    """An absolute URL on this app (APP_BASE_URL + path), for links in emails."""
+    return current_app.config["APP_BASE_URL"].rstrip("/") + path
+
+
 def render_email(template: str, **context: Any) -> Rendered:
-    """Render emails/<template>.txt; its first line is "Subject: …", the rest is the body."""
+    """Render emails/<template>.txt (first line "Subject: …", then the body) and its HTML alternative."""
     context.setdefault("billing_url", billing_url())
     # The Jinja environment directly, not render_template: no request context needed, and a pass that
     # queues thousands of emails skips the per-call context processors and signals.
-    text = current_app.jinja_env.get_template(f"emails/{template}.txt").render(**context)
+    env = current_app.jinja_env
+    text = env.get_template(f"emails/{template}.txt").render(**context)
     first, _, body = text.lstrip("\n").partition("\n")
     if not first.startswith("Subject:"):
         raise ValueError(f"emails/{template}.txt must start with a 'Subject:' line")
-    return Rendered(subject=" ".join(first[len("Subject:"):].split()), body=body.strip("\n") + "\n")
+    subject = " ".join(first[len("Subject:"):].split())
+    body = body.strip("\n") + "\n"
+    own = _html_template(template)
+    if own is not None:
+        html = own.render(subject=subject, **context)
+    else:
+        html = env.get_template("emails/_text.html").render(subject=subject, blocks=text_blocks(body), **context)
+    return Rendered(subject=subject, body=body, html=html)
+
+
+def _html_template(template: str):
+    """emails/<template>.html if the kind has its own HTML layout, else None (looked up once per app)."""
+    found: dict[str, Any] = current_app.extensions.setdefault("email_html_templates", {})
+    if template not in found:
+        try:
+            found[template] = current_app.jinja_env.get_template(f"emails/{template}.html")
+        except TemplateNotFound:
+            found[template] = None
+    return found[template]
+
+
+_URL = re.compile(r"https?://[^\s<>\"']+[^\s<>\"'.,;:!?)]")
+
+
+def text_blocks(body: str) -> list[tuple[list[list[tuple[str, str | None]]], list[str]]]:
+    """A text body as paragraphs: (its lines as (text, link or None) pieces, the links alone on a line)."""
+    blocks = []
+    for paragraph in re.split(r"\n\s*\n", body.strip("\n")):
+        lines, links = [], []
+        for line in paragraph.split("\n"):
+            if _URL.fullmatch(line.strip()):
+                links.append(line.strip())
+                continue
+            pieces: list[tuple[str, str | None]] = []
+            at = 0
+            for m in _URL.finditer(line):
+                if m.start() > at:
+                    pieces.append((line[at:m.start()], None))
+                pieces.append((m.group(0), m.group(0)))
+                at = m.end()
+            if at < len(line):
+                pieces.append((line[at:], None))
+            lines.append(pieces)
+        blocks.append((lines, links))
+    return blocks
 
 
 def among(column, ids: list[int]):
@@ -94,8 +151,8 @@ def outbox_row(tenant_id: int | None, kind: str, dedupe_key: str, to: str, mail:
                now: datetime) -> dict[str, Any]:
     """The values of one outbox row (for queue_rows)."""
     return {"tenant_id": tenant_id, "kind": kind, "dedupe_key": dedupe_key, "to_address": to,
-            "subject": mail.subject[:255], "body_text": mail.body, "status": OutboxStatus.PENDING, "attempts": 0,
-            "created_at": now}
+            "subject": mail.subject[:255], "body_text": mail.body, "body_html": mail.html,
+            "status": OutboxStatus.PENDING, "attempts": 0, "created_at": now}
 
 
 def queue_rows(rows: list[dict[str, Any]]) -> int:
@@ -184,6 +241,89 @@ def notify_action_required(invoice, *, now: datetime | None = None) -> None:
     db.session.commit()
 
 
+# -- invoices issued and payments received (called by invoicing and payments) ------------------------------
+
+_CARD_BRANDS = {"amex": "American Express", "diners": "Diners Club", "discover": "Discover", "jcb": "JCB",
+                "mastercard": "Mastercard", "unionpay": "UnionPay", "visa": "Visa"}
+
+
+def invoice_pdf_url(invoice: Invoice) -> str:
+    """The absolute link to an invoice's PDF (tenant admins of its tenant, after sign-in)."""
+    return app_url(f"/admin/billing/invoices/{invoice.id}.pdf")
+
+
+def _document_context(invoice: Invoice, now: datetime) -> dict[str, Any]:
+    return {"invoice": invoice, "number": invoice.number or f"#{invoice.id}",
+            "period": f"{invoice.period_start:%B %Y}", "period_start": invoice.period_start,
+            "period_end": invoice.period_end, "pdf_url": invoice_pdf_url(invoice),
+            "invoice_url": app_url(f"/admin/billing/invoices/{invoice.id}"),
+            "hosted_invoice_url": invoice.hosted_invoice_url}
+
+
+def queue_invoice_issued(invoice: Invoice, *, now: datetime | None = None) -> bool:
+    """Queue the invoice-issued email in the caller's transaction (it commits it); True if newly queued.
+
+    Never raises: a mail problem must not undo the invoice it announces.
+    """
+    if invoice.id is None or invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.PAID):
+        return False
+    now = now or utcnow()
+
+    def context() -> dict[str, Any]:
+        return {**_document_context(invoice, now), "amount": format_money(invoice.amount_due, invoice.currency),
+                "due_on": local_day(invoice.due_at or now), "paid": invoice.status == InvoiceStatus.PAID,
+                "lines": [(line.description, format_money(line.amount, invoice.currency)) for line in invoice.lines]}
+
+    return _queue_for_invoice(invoice, "invoice_issued", context, now)
+
+
+def queue_payment_receipt(invoice: Invoice, *, now: datetime | None = None) -> bool:
+    """Queue the receipt for a just-paid invoice (amount, number, card) in the caller's transaction.
+
+    Never raises. The card is read from Stripe (the charge that paid the invoice); without it the receipt says
+    "your payment method on file".
+    """
+    if invoice.id is None or invoice.status != InvoiceStatus.PAID or not invoice.amount_paid:
+        return False
+    now = now or utcnow()
+
+    def context() -> dict[str, Any]:
+        return {**_document_context(invoice, now), "amount": format_money(invoice.amount_paid, invoice.currency),
+                "paid_on": local_day(invoice.paid_at or now), "out_of_band": bool(invoice.paid_out_of_band),
+                "card": None if invoice.paid_out_of_band else _paid_card(invoice)}
+
+    return _queue_for_invoice(invoice, "payment_receipt", context, now)
+
+
+def _paid_card(invoice: Invoice) -> str | None:
+    """"Visa ending in 4242": the card whose charge paid the invoice, or None when Stripe cannot say."""
+    from app import stripe_gateway as gateway
+
+    if not invoice.stripe_invoice_id:
+        return None
+    try:
+        card = gateway.paid_card(invoice.stripe_invoice_id)
+    except Exception:  # noqa: BLE001 - the receipt goes out without the card rather than not at all
+        log.warning("could not read the card that paid invoice %s", invoice.id, exc_info=True)
+        return None
+    if card is None:
+        return None
+    brand, last4 = card
+    return f"{_CARD_BRANDS.get(brand, brand.title())} ending in {last4}"
+
+
+def _queue_for_invoice(invoice: Invoice, kind: str, context, now: datetime) -> bool:
+    db.session.flush()  # the caller's own changes fail here as they would have at its commit, not in our savepoint
+    try:
+        values, tenant = context(), _invoice_tenant(invoice)  # before the savepoint: the card may take a Stripe call
+        with db.session.begin_nested():
+            return queue_email(tenant, kind, f"{kind}:tenant:{tenant.id}:invoice:{invoice.id}", kind, now=now,
+                               **values)
+    except Exception:  # noqa: BLE001 - the savepoint is rolled back; the caller's transaction goes on
+        log.exception("could not queue the %s email of invoice %s", kind, invoice.id)
+        return False
+
+
 # -- sending ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -215,6 +355,8 @@ def _message(row: OutboxEmail, sender: str) -> EmailMessage:
     msg["Message-ID"] = make_msgid(domain="servicepro.local")
     msg["X-ServicePro-Key"] = row.dedupe_key
     msg.set_content(row.body_text)
+    if row.body_html:
+        msg.add_alternative(row.body_html, subtype="html")  # multipart/alternative: text first, HTML preferred
     return msg
 
 

@@ -26,6 +26,7 @@ from sqlalchemy.pool import NullPool
 from app import stripe_gateway as gateway
 from app.extensions import db
 from app.models import AttemptStatus, Invoice, InvoiceStatus, PaymentAttempt, Tenant, utcnow
+from app.services import notifications
 from app.stripe_gateway import GatewayError, Outcome
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,8 @@ def apply_stripe_invoice(invoice: Invoice, stripe_invoice: Any, *, now: datetime
         put("last_payment_error", None)
         put("last_payment_error_code", None)
         put("hard_decline", False)
+        if current != InvoiceStatus.PAID:
+            notifications.queue_payment_receipt(invoice, now=now)  # issue 18: in this transaction, never raises
     elif new in (InvoiceStatus.VOID, InvoiceStatus.UNCOLLECTIBLE):
         put("next_payment_attempt_at", None)
     return changed

@@ -6,17 +6,21 @@ function per tenant, so a single tenant's invoice and the monthly run for 10,000
 
 Money: amounts are integers in the currency's minor units; unit prices are Decimals in major units;
 each usage line is rounded exactly once, half-up.
+
+Plan changes (CONTRACT §8.1): a month's fee lines are one per plan in force during it, each
+`round_half_up(monthly_fee × days_in_force / days_in_month)`; usage is priced by the plan in force on the
+month's last day. `plan_spans` (pure) reads the plan history; `period_lines` loads it for every tenant at once.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Protocol
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select
 
 # ISO 4217 minor-unit exponents that differ from 2 (Stripe's zero- and three-decimal currencies).
 _EXPONENTS: dict[str, int] = {
@@ -112,20 +116,84 @@ def _month_label(day: date) -> str:
     return day.strftime("%B %Y")
 
 
+@dataclass(frozen=True)
+class Span:
+    """A plan in force for some days of a period: `days` days in all, the first on `first`, the last on `last`."""
+
+    plan: str
+    days: int
+    first: date
+    last: date
+
+
+@dataclass(frozen=True)
+class Change:
+    """One plan change: `to_plan` from the start of `effective_on` (what `plan_spans` reads)."""
+
+    effective_on: date
+    from_plan: str
+    to_plan: str
+
+
+def plan_on(day: date, changes: Sequence[Change], current_plan: str) -> str:
+    """The plan in force on a day: the latest change on or before it, else the plan the first change left."""
+    ordered = sorted(changes, key=lambda c: c.effective_on)
+    before = [c for c in ordered if c.effective_on <= day]
+    if before:
+        return before[-1].to_plan
+    return ordered[0].from_plan if ordered else current_plan
+
+
+def plan_spans(changes: Sequence[Change], current_plan: str, period_start: date, period_end: date) -> list[Span]:
+    """Each plan in force during a period with its days in force, in the order each first applied."""
+    days: dict[str, list[date]] = {}
+    ordered = sorted(changes, key=lambda c: c.effective_on)
+    day = period_start
+    while day <= period_end:
+        days.setdefault(plan_on(day, ordered, current_plan), []).append(day)
+        day += timedelta(days=1)
+    return [Span(code, len(ds), ds[0], ds[-1]) for code, ds in days.items()]
+
+
+def prorated_fee(monthly_fee: int, days_in_force: int, days_in_period: int) -> int:
+    """round_half_up(monthly_fee × days_in_force / days_in_period), in minor units (CONTRACT §8.1)."""
+    exact = Decimal(int(monthly_fee)) * days_in_force / Decimal(days_in_period)
+    return int(exact.to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def fee_lines(spans: Sequence[tuple[PlanTerms, Span]], period_start: date, period_end: date) -> list[LineDraft]:
+    """One fee line per plan in force: the whole fee for a whole period, else its prorated share."""
+    month = _month_label(period_start)
+    period_days = (period_end - period_start).days + 1
+    lines = []
+    for plan, span in spans:
+        exp = currency_exponent(plan.currency)
+        if span.days >= period_days:
+            amount, description = int(plan.monthly_fee), f"{plan.name} plan, {month}"
+        else:
+            amount = prorated_fee(plan.monthly_fee, span.days, period_days)
+            description = (f"{plan.name} plan, {month}: {span.days} of {period_days} days "
+                           f"({span.first:%b} {span.first.day}–{span.last:%b} {span.last.day})")
+        lines.append(LineDraft(metric=None, quantity=1, used_quantity=0, included=0,
+                               unit_price=Decimal(amount).scaleb(-exp), amount=amount, description=description,
+                               period_start=span.first, period_end=span.last))
+    return lines
+
+
 def compute_lines(plan: PlanTerms, prices: Iterable[PriceTerms], usage_by_metric: Mapping[str, int],
-                  period_start: date, period_end: date) -> list[LineDraft]:
-    """Compute a month's invoice lines: the plan fee, then one line per priced metric with usage (CONTRACT §4)."""
+                  period_start: date, period_end: date, *,
+                  fees: Sequence[tuple[PlanTerms, Span]] | None = None) -> list[LineDraft]:
+    """Compute a month's invoice lines: the fee line(s), then one line per priced metric with usage (CONTRACT §4).
+
+    `plan` (the plan in force on the period's last day) prices the usage; `fees` are the plans in force and
+    their days (see plan_spans) — without it, `plan` was in force all month.
+    """
     month = _month_label(period_start)
     currency = plan.currency
     exp = currency_exponent(currency)
     scale = Decimal(10) ** exp
-    lines = [LineDraft(
-        metric=None, quantity=1, used_quantity=0, included=0,
-        unit_price=Decimal(plan.monthly_fee).scaleb(-exp),
-        amount=int(plan.monthly_fee),
-        description=f"{plan.name} plan, {month}",
-        period_start=period_start, period_end=period_end,
-    )]
+    whole = Span(plan.code, (period_end - period_start).days + 1, period_start, period_end)
+    lines = fee_lines(fees or [(plan, whole)], period_start, period_end)
     for price in sorted(prices, key=lambda p: p.metric):
         used = int(usage_by_metric.get(price.metric, 0) or 0)
         if used <= 0:
@@ -172,7 +240,6 @@ def period_lines(period_start: date, period_end: date, *, tenant_ids: Iterable[i
 
     r = UsageRollupDaily.__table__
     t = Tenant.__table__
-    pp = PlanPrice.__table__
     ids = None if tenant_ids is None else list(tenant_ids)
 
     usage = (
@@ -185,10 +252,9 @@ def period_lines(period_start: date, period_end: date, *, tenant_ids: Iterable[i
     usage = usage.subquery("u")
     # Tenants without usage still come out (once, metric NULL): they owe the plan fee.
     stmt = (
-        select(t.c.id, t.c.plan, pp.c.metric, usage.c.used)
+        select(t.c.id, t.c.plan, usage.c.metric, usage.c.used)
         .select_from(t)
         .outerjoin(usage, usage.c.tenant_id == t.c.id)
-        .outerjoin(pp, and_(pp.c.plan_code == t.c.plan, pp.c.metric == usage.c.metric))
     )
     if ids is not None:
         stmt = stmt.where(t.c.id.in_(ids))
@@ -201,16 +267,37 @@ def period_lines(period_start: date, period_end: date, *, tenant_ids: Iterable[i
         (p.plan_code, p.metric): Terms(metric=p.metric, included=p.included, unit_price=p.unit_price)
         for p in db.session.execute(select(PlanPrice.plan_code, PlanPrice.metric, PlanPrice.included,
                                            PlanPrice.unit_price))}
-    grouped: dict[int, tuple[str, list[Terms], dict[str, int]]] = {}
-    for tenant_id, plan_code, metric, used in db.session.execute(stmt).all():
+    history = plan_history(ids)
+    grouped: dict[int, tuple[list[Span], str, list[Terms], dict[str, int]]] = {}
+    for tenant_id, current_plan, metric, used in db.session.execute(stmt).all():
         entry = grouped.get(tenant_id)
         if entry is None:
-            entry = grouped[tenant_id] = (plan_code, [], {})
-        if metric is not None:  # usage of a metric the plan does not price is not billed
-            entry[1].append(prices[(plan_code, metric)])
-            entry[2][metric] = int(used)
+            changes = history.get(tenant_id, [])
+            spans = (plan_spans(changes, current_plan, period_start, period_end) if changes
+                     else [Span(current_plan, (period_end - period_start).days + 1, period_start, period_end)])
+            entry = grouped[tenant_id] = (spans, plan_on(period_end, changes, current_plan), [], {})
+        usage_plan = entry[1]
+        if metric is not None and (usage_plan, metric) in prices:  # a metric the plan does not price: not billed
+            entry[2].append(prices[(usage_plan, metric)])
+            entry[3][metric] = int(used)
     return {
-        tenant_id: TenantLines(tenant_id, plans[plan_code],
-                               compute_lines(plans[plan_code], terms, used, period_start, period_end))
-        for tenant_id, (plan_code, terms, used) in grouped.items()
+        tenant_id: TenantLines(tenant_id, plans[usage_plan],
+                               compute_lines(plans[usage_plan], terms, used, period_start, period_end,
+                                             fees=[(plans[sp.plan], sp) for sp in spans]))
+        for tenant_id, (spans, usage_plan, terms, used) in grouped.items()
     }
+
+
+def plan_history(tenant_ids: Iterable[int] | None = None) -> dict[int, list[Change]]:
+    """Every recorded plan change of the given tenants (all when None), oldest first, keyed by tenant id."""
+    from app.extensions import db
+    from app.models import PlanChange
+
+    stmt = select(PlanChange.tenant_id, PlanChange.effective_on, PlanChange.from_plan, PlanChange.to_plan
+                  ).order_by(PlanChange.tenant_id, PlanChange.effective_on)
+    if tenant_ids is not None:
+        stmt = stmt.where(PlanChange.tenant_id.in_(list(tenant_ids)))
+    out: dict[int, list[Change]] = {}
+    for tenant_id, effective_on, from_plan, to_plan in db.session.execute(stmt):
+        out.setdefault(tenant_id, []).append(Change(effective_on, from_plan, to_plan))
+    return out

@@ -91,8 +91,7 @@ class RevenueReport:
 def month_keys(as_of: date, months: int) -> list[tuple[int, int]]:
     """(year, month) of the `months` months ending with the one containing `as_of`, oldest first."""
     index = as_of.year * 12 + as_of.month - 1
-    return [divmod(i, 12) for i in range(index - months + 1, index + 1)] and [
-        (i // 12, i % 12 + 1) for i in range(index - months + 1, index + 1)]
+    return [(n // 12, n % 12 + 1) for n in range(index - months + 1, index + 1)]
 
 
 def revenue_report(months: int = DEFAULT_MONTHS, currency: str | None = None, *,
@@ -122,20 +121,23 @@ def revenue_report(months: int = DEFAULT_MONTHS, currency: str | None = None, *,
 
     live_in_window = and_(i.c.status != InvoiceStatus.VOID.value, i.c.period_start >= firsts[0],
                           i.c.period_start < after)
-    invoiced = (select(literal("invoiced", String).label("kind"), i.c.currency, period_index(i.c.period_start),
+    # Each CASE is built once and grouped by as that same object: SQLAlchemy then groups by its label, which
+    # PostgreSQL needs (two copies of a CASE with bound parameters are different expressions to it).
+    period = period_index(i.c.period_start).label("bucket")
+    invoiced = (select(literal("invoiced", String).label("kind"), i.c.currency, period,
                        func.sum(i.c.amount_due), func.count(func.distinct(i.c.tenant_id)))
-                .where(live_in_window).group_by(i.c.currency, period_index(i.c.period_start)))
-    recurring = (select(literal("recurring", String), i.c.currency, period_index(i.c.period_start),
-                        func.sum(ln.c.amount), func.count())
+                .where(live_in_window).group_by(i.c.currency, period))
+    recurring = (select(literal("recurring", String), i.c.currency, period, func.sum(ln.c.amount), func.count())
                  .select_from(ln.join(i, ln.c.invoice_id == i.c.id))
                  .where(live_in_window, ln.c.metric.is_(None))
-                 .group_by(i.c.currency, period_index(i.c.period_start)))
-    collected = (select(literal("collected", String), i.c.currency, paid_index(i.c.paid_at),
-                        func.sum(i.c.amount_paid), func.count())
+                 .group_by(i.c.currency, period))
+    paid_month = paid_index(i.c.paid_at).label("bucket")
+    collected = (select(literal("collected", String), i.c.currency, paid_month, func.sum(i.c.amount_paid),
+                        func.count())
                  .where(i.c.status == InvoiceStatus.PAID.value, i.c.paid_at >= starts_utc[0],
                         i.c.paid_at < starts_utc[-1])
-                 .group_by(i.c.currency, paid_index(i.c.paid_at)))
-    aging = _aging_index(i.c.due_at, today, tz)
+                 .group_by(i.c.currency, paid_month))
+    aging = _aging_index(i.c.due_at, today, tz).label("bucket")
     owed = case((i.c.amount_due > i.c.amount_paid, i.c.amount_due - i.c.amount_paid), else_=0)
     open_ = (select(literal("open", String), i.c.currency, aging, func.sum(owed), func.count())
              .where(i.c.status == InvoiceStatus.OPEN.value).group_by(i.c.currency, aging))
@@ -159,9 +161,10 @@ def revenue_report(months: int = DEFAULT_MONTHS, currency: str | None = None, *,
     buckets = [AgingBucket(label, get("open", n)[0], get("open", n)[1],
                            100.0 * get("open", n)[0] / outstanding if outstanding else 0.0)
                for n, (label, _days) in enumerate(AGING)]
+    complete = slice(-DSO_PERIODS - 1, -1)  # the last DSO_PERIODS months before the current one
     return RevenueReport(currency=chosen, months=rows[len(rows) - len(shown):], outstanding=outstanding,
                          aging=buckets, as_of=today, currencies=currencies,
-                         days_sales_outstanding=_dso(outstanding, rows[-DSO_PERIODS - 1:-1], firsts[-DSO_PERIODS - 1:]))
+                         days_sales_outstanding=_dso(outstanding, rows[complete], firsts[complete]))
 
 
 def _next_month(first: date) -> date:
@@ -198,7 +201,7 @@ def _dso(outstanding: int, months: list[MonthFigures], firsts: list[date]) -> De
     invoiced = sum(m.invoiced for m in months)
     if invoiced <= 0:
         return None
-    days = sum((_next_month(f) - f).days for f in firsts[:len(months)])
+    days = sum((_next_month(f) - f).days for f in firsts)
     return (Decimal(outstanding) * days / invoiced).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
 
 
@@ -262,7 +265,7 @@ def csv_cell(value: Any) -> Any:
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal):
-        return format(value.normalize(), "f") if value == value.to_integral() else format(value, "f").rstrip("0")
+        return format(value.normalize(), "f")
     if isinstance(value, str) and value.startswith(_FORMULA_START):
         return "'" + value
     return value

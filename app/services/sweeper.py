@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, func, or_, select
 
 from app.extensions import db
 from app.models import AttemptStatus, Invoice, InvoiceStatus, OutboxEmail, PaymentAttempt, WebhookEvent, utcnow
@@ -53,14 +53,15 @@ def sweep_stuck(now: datetime | None = None) -> SweepResult:
         enqueue_unique("billing", "app.jobs.retry_due_payments", job_id="payment-retries-sweep")
         result.retries_queued = True
 
-    events = db.session.scalars(
-        select(WebhookEvent.id).where(WebhookEvent.status == "pending", WebhookEvent.received_at < stale)
-        .order_by(WebhookEvent.id).limit(1000)).all()
-    if events:
-        from app.services.webhooks import wake_drainers
+    from app.services.webhooks import release_orphans, wake_drainers
 
+    freed = release_orphans(now=now)  # events held by a drainer that died: pending again
+    events = db.session.scalar(select(func.count()).select_from(
+        select(WebhookEvent.id).where(WebhookEvent.status == "pending", WebhookEvent.received_at < stale)
+        .limit(1000).subquery()))
+    if events or freed:
         wake_drainers()  # they take every pending event, oldest first
-    result.webhooks = len(events)
+    result.webhooks = events + freed
 
     if db.session.scalar(select(exists().where(OutboxEmail.status == "pending"))):
         enqueue_unique("mail", "app.jobs.flush_outbox", job_id="outbox-flush-sweep")

@@ -52,3 +52,18 @@ document.addEventListener("htmx:afterSettle", function () {
   var el = document.querySelector("[data-autofocus]");
   if (el) { el.removeAttribute("data-autofocus"); el.focus(); }
 });
+
+// -- pages that stay true after every action -------------------------------------------------------------------
+// An action's answer raises "billing-changed" (HX-Trigger) when it changed billing figures. The page then fetches
+// its own address once more and swaps in every region marked data-live (out of band, by id), so the summary
+// cards, rows, tables, banner and navigation show what a reload would — without one. Requests made while one is
+// in flight are queued into a single follow-up (htmx keeps the last), so a run's stream of updates stays cheap.
+document.addEventListener("billing-changed", function () {
+  if (!window.htmx) { return; }
+  var ids = Array.prototype.map.call(document.querySelectorAll("[data-live][id]"), function (el) {
+    return "#" + el.id;
+  });
+  if (!ids.length) { return; }
+  htmx.ajax("GET", window.location.pathname + window.location.search,
+    { source: document.body, target: document.body, swap: "none", selectOOB: ids.join(",") });
+});

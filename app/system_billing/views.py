@@ -22,16 +22,30 @@ from app.services.billing_views import TenantQuery
 bp = Blueprint("system_billing", __name__)
 
 
+def _changed(resp):
+    """Tell the page that billing figures changed: its live regions (data-live) refresh from a fresh render."""
+    resp = make_response(resp)
+    resp.headers["HX-Trigger"] = billing_views.BILLING_CHANGED
+    return resp
+
+
+def _table_context(query: TenantQuery) -> dict[str, Any]:
+    """The tenants table: a page of rows and each row's latest force-run (shown again after a reload)."""
+    page = billing_views.tenant_page(query)
+    return dict(page=page, force_runs=billing_views.last_force_runs([r.id for r in page.rows]),
+                periods=billing_views.period_choices(), sorts=billing_views.SORTS, flags=billing_views.FLAGS,
+                force_errors={})
+
+
 def _index_context(query: TenantQuery, **extra: Any) -> dict[str, Any]:
-    overview = billing_views.overview()
-    run, summary = billing_views.run_with_summary()
+    as_of = billing_views.overdue_as_of()
+    overview = billing_views.overview(as_of=as_of)
     # The month pickers start on the month that has work (the one asked for, when a table refresh says).
     month = _asked_period() or overview.work_period or billing_views.default_period()
-    context = dict(page=billing_views.tenant_page(query), overview=overview, run=run, summary=summary,
-                   webhook_events=billing_views.failed_webhook_events(),
-                   periods=billing_views.period_choices(), default_period=month,
-                   sorts=billing_views.SORTS, flags=billing_views.FLAGS, stages=billing_views.STAGES,
-                   per_page_choices=billing_views.PER_PAGE_CHOICES, force_errors={}, run_error=None)
+    context = _table_context(query)
+    context.update(overview=overview, **_run_context(None),
+                   webhook_events=billing_views.failed_webhook_events(), default_period=month,
+                   stages=billing_views.STAGES, per_page_choices=billing_views.PER_PAGE_CHOICES, run_error=None)
     context.update(extra)
     return context
 
@@ -52,10 +66,8 @@ def index():
     query = TenantQuery.from_args(request.args)
     if htmx and htmx.target == "tenant-table" and not htmx.history_restore_request:
         # The page's month select travels with the request (hx-include on the tenants section): keep it.
-        return render_template("_partials/system_tenant_table.html", page=billing_views.tenant_page(query),
-                               periods=billing_views.period_choices(),
-                               default_period=_asked_period() or billing_views.default_period(),
-                               sorts=billing_views.SORTS, force_errors={})
+        return render_template("_partials/system_tenant_table.html", **_table_context(query),
+                               default_period=_asked_period() or billing_views.default_period())
     return render_template("system_billing/index.html", **_index_context(query))
 
 
@@ -137,29 +149,47 @@ def force_run_status(tenant_id: int):
             return json_error(422, str(err), "validation_error", {"period": [str(err)]})
         return _force_run_fragment(row, None, error=str(err), period=raw, status=422)
     fr = billing_views.force_run_status(tenant_id, period)
+    # The poll that first sees the job over tells the page (it polls only while the job is queued or running),
+    # so the summary cards, the table and the tenant's figures follow without a reload.
     if htmx and fr.done and _in_table():
-        # The job is over: replace the whole row, so it shows the new invoice and balance without a reload.
+        # The job is over: replace the whole row, so it shows the new invoice and balance at once.
         fresh = billing_views.tenant_row(tenant_id) or row
-        resp = make_response(render_template("_partials/system_tenant_row.html", row=fresh, fr=fr,
-                                             periods=billing_views.period_choices(), selected=period,
-                                             force_errors={}))
+        resp = _changed(render_template("_partials/system_tenant_row.html", row=fresh, fr=fr,
+                                        periods=billing_views.period_choices(), selected=period,
+                                        force_errors={}))
         resp.headers["HX-Retarget"] = f"#tenant-row-{tenant_id}"
         resp.headers["HX-Reswap"] = "outerHTML"
         return resp
     if htmx:
-        return _force_run_fragment(row, fr)
+        html, status = _force_run_fragment(row, fr)
+        return (_changed(html), status) if fr.done else (html, status)
     return render_template("system_billing/force_run.html", row=row, fr=fr,
                            periods=billing_views.period_choices(), selected=period)
 
 
 # -- run all tenants -----------------------------------------------------------------------------------------
 
+def _run_context(run_id: int | None) -> dict[str, Any]:
+    """A run (the latest when no id), its counts by reason and its one-line result naming unsettled tenants."""
+    run, summary = billing_views.run_with_summary(run_id)
+    headline = billing_views.run_headline(summary, billing_views.run_problems(run, summary)) if run else []
+    return dict(run=run, summary=summary, headline=headline)
+
+
 def _run_fragment(run_id: int | None, *, error: str | None = None, selected: str | None = None,
                   status: int = 200):
-    """The run-all component: the run (latest when no id), its counts by reason, and the form when idle."""
-    run, summary = billing_views.run_with_summary(run_id)
-    html = render_template("_partials/billing_run.html", run=run, summary=summary, run_error=error,
-                           periods=billing_views.period_choices(), selected=selected or (run.period if run else None))
+    """The run-all component: the run (latest when no id), its counts by reason, and the form when idle.
+
+    Polls send the number of tenants finished they last showed (`seen`): when it moved, the answer tells the
+    page (HX-Trigger), so the cards and the table follow the run as it goes.
+    """
+    ctx = _run_context(run_id)
+    run = ctx["run"]
+    html = render_template("_partials/billing_run.html", **ctx, run_error=error, periods=billing_views.period_choices(),
+                           selected=selected or (run.period if run else None))
+    seen = request.args.get("seen", type=int)
+    if run is not None and seen is not None and seen != run.done + run.failed:
+        return _changed(html), status
     return html, status
 
 
@@ -201,13 +231,13 @@ def start_run():
 
 @bp.route("/admin/system-billing/runs/<int:run_id>")
 def run_progress(run_id: int):
-    run, summary = billing_views.run_with_summary(run_id)
-    if run is None:
+    ctx = _run_context(run_id)
+    if ctx["run"] is None:
         abort(404)
     if htmx:
         return _run_fragment(run_id)
-    return render_template("system_billing/run.html", run=run, summary=summary,
-                           periods=billing_views.period_choices(), selected=run.period)
+    return render_template("system_billing/run.html", **ctx, periods=billing_views.period_choices(),
+                           selected=ctx["run"].period)
 
 
 # -- one tenant: details and root controls -------------------------------------------------------------------
@@ -217,11 +247,9 @@ def _tenant_page(tenant_id: int, *, errors: dict[str, str] | None = None, form: 
     detail = billing_views.tenant_detail(tenant_id)
     if detail is None:
         abort(404)
-    month = billing_views.tenant_work_period(detail.tenant, detail.invoices)
-    try:  # that month's force-run, if one is queued, running or just finished
-        fr = billing_views.force_run_status(tenant_id, month)
-    except Exception:  # noqa: BLE001 - Redis down: the page still shows the billing state
-        fr = None
+    # The tenant's latest force-run, if RQ still knows it (queued, running or finished); else the month with work.
+    fr = billing_views.last_force_run(tenant_id)
+    month = fr.period if fr else billing_views.tenant_work_period(detail.tenant, detail.invoices)
     return render_template("system_billing/tenant.html", d=detail, row=detail.row, fr=fr, errors=errors or {},
                            form=form or {}, periods=billing_views.period_choices(),
                            selected=month, force_errors={}), status

@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from email import message_from_bytes
+from email import message_from_bytes, policy
 from email.message import Message
 
 
@@ -106,7 +106,7 @@ class SmtpSink:
 
         class Handler:
             async def handle_DATA(self, server, session, envelope):
-                msg = message_from_bytes(envelope.content)
+                msg = message_from_bytes(envelope.content, policy=policy.default)
                 msg["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
                 with sink._lock:
                     sink.messages.append(msg)
