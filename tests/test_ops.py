@@ -62,3 +62,15 @@ def test_healthz_degrades_when_redis_is_down(app, client, plans):
     resp = root.get("/healthz")
     assert resp.status_code == 503 and resp.get_json()["checks"]["redis"].startswith("error")
     assert resp.get_json()["checks"]["database"] == "ok"
+
+
+def test_healthz_gives_a_service_token_the_details_but_not_a_revoked_or_made_up_one(client, plans):
+    from app.services.integrations import create_token, revoke_token
+
+    token, plaintext = create_token("monitoring", ["entitlements:read"])
+    detailed = client.get("/healthz", headers={"Authorization": f"Bearer {plaintext}"}).get_json()
+    assert detailed["status"] == "ok" and "queues" in detailed and "checks" in detailed
+    made_up = client.get("/healthz", headers={"Authorization": "Bearer sp_svc_made_up"}).get_json()
+    assert made_up == {"status": "ok"}
+    revoke_token(token.id)
+    assert client.get("/healthz", headers={"Authorization": f"Bearer {plaintext}"}).get_json() == {"status": "ok"}

@@ -91,8 +91,8 @@ def other_tenant_args(rule, world) -> dict:
             values[arg] = "app.css"
         elif arg in ("job_id",):
             values[arg] = f"invoice-{world['theirs']}-2026-09"
-        elif arg in ("run_id",):
-            values[arg] = 1
+        elif arg in ("run_id", "token_id", "endpoint_id", "delivery_id"):
+            values[arg] = 1  # root-only integrations objects: any id shows the policy
         elif arg == "key_id":
             values[arg] = world["their_key"]
         elif arg == "invitation_id":

@@ -45,10 +45,26 @@ def healthz():
         report["checks"]["redis"] = f"error: {type(err).__name__}"
         report["status"] = "degraded"
     code = 200 if report["status"] == "ok" else 503
-    if not getattr(current_user, "is_root", False):
+    if not getattr(current_user, "is_root", False) and not _service_token_presented():
         # Queue depths and ages tell an outsider how busy and how far behind billing is: status only.
         return jsonify({"status": report["status"]}), code
     return jsonify(report), code
+
+
+def _service_token_presented() -> bool:
+    """Whether the request carries a live service token (monitoring may read the details with one)."""
+    from flask import request
+
+    from app.services.integrations import use_token
+
+    header = request.headers.get("Authorization", "")
+    if not header.lower().startswith("bearer "):
+        return False
+    try:
+        return use_token(header[7:].strip()) is not None
+    except Exception:  # noqa: BLE001 - the database may be the thing that is down; then status only
+        db.session.rollback()
+        return False
 
 
 @bp.route("/admin/jobs")
