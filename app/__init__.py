@@ -100,6 +100,11 @@ def register_blueprints(app: Flask) -> None:
     from app.reports.views import bp as reports_bp  # issue 18
 
     app.register_blueprint(reports_bp)
+    from app.billing.plan_change import bp as plan_change_bp  # issue 17
+    from app.system_billing.money import bp as money_bp  # issue 17
+
+    for bp in (plan_change_bp, money_bp):
+        app.register_blueprint(bp)
 
 
 def register_webhook_endpoint(app: Flask) -> None:

@@ -252,6 +252,36 @@ def list_invoices(customer_id: str, limit: int = 100) -> list[Any]:
     return list(page.auto_paging_iter())
 
 
+# -- credit notes and the customer balance (issue 17) -----------------------------------------------------
+
+def create_credit_note(credit_note_id: int, stripe_invoice_id: str, amount: int, kind: str, memo: str) -> Any:
+    """Issue a Stripe credit note mirroring our credit_notes row; idempotent per row (never a second refund).
+
+    kind: "reduce" (an open invoice: lowers what is due), "refund" (a paid invoice: refunds its charge) or
+    "account_credit" (a paid invoice: credits the customer balance, which pays the next invoices first).
+    """
+    params: dict[str, Any] = {"invoice": stripe_invoice_id, "amount": amount, "memo": memo[:5000],
+                              "metadata": {"credit_note_id": str(credit_note_id), "kind": kind}}
+    if kind == "refund":
+        params["refund_amount"] = amount
+    elif kind == "account_credit":
+        params["credit_amount"] = amount
+    return _call(client().v1.credit_notes.create, idempotency_key=f"credit-note-{credit_note_id}", params=params)
+
+
+def refunded_on_charge(refund_id: str) -> int:
+    """How much of the charge a refund came from is refunded now (all its refunds)."""
+    refund = _call(client().v1.refunds.retrieve, refund_id)
+    charge = refund.charge if isinstance(refund.charge, str) else refund.charge.id
+    return int(retrieve_charge(charge).amount_refunded or 0)
+
+
+def customer_credit_balance(customer_id: str) -> int:
+    """The customer's credit in Stripe (minor units, >= 0): minus its `balance`, which is negative for a credit."""
+    balance = int(getattr(retrieve_customer(customer_id), "balance", 0) or 0)
+    return max(0, -balance)
+
+
 # -- charges ---------------------------------------------------------------------------------------------
 
 def retrieve_charge(charge_id: str) -> Any:

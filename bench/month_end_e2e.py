@@ -90,12 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"BENCH month_end_e2e_invoicing {invoicing:.1f} s (tick until the billing queue first ran dry)")
     print(f"BENCH month_end_e2e_invoices_final {(run.invoices_final_at or run.done_at) - start:.1f} s")
     print(f"BENCH month_end_e2e_stripe_rate {len(made) / wall:.1f} req/s")
+    buckets = Counter(int((r["time"] - start) // 10) for r in made)
+    print("# Stripe requests/s by 10 s of the run: "
+          + " ".join(f"{buckets.get(k, 0) / 10:.0f}" for k in range(int(wall // 10) + 1)))
     print(f"BENCH month_end_e2e_webhook_events {run.e2e['events']} events "
           f"({run.e2e['events'] / args.e2e_tenants:.1f} per tenant; {rows.get('at_receipt', 0)} of unhandled types "
           f"decided at receipt, {handled} by drainers)")
     if busy:
         print(f"BENCH month_end_e2e_drain_rate {handled / busy:.0f} events/s "
               f"(per busy drainer: {run.e2e['drain_jobs']} drainer jobs ran {busy:.1f} s in all)")
+    cpu = {k: run.cpu_at_done[k] - run.cpu_at_start.get(k, 0.0) for k in run.cpu_at_done}
+    print(f"# CPU seconds during the run: {', '.join(f'{k} {v:.1f}' for k, v in cpu.items())}; "
+          f"{sum(cpu.values()) / wall:.2f} of {os.cpu_count()} CPUs busy with this run, "
+          f"{sum(cpu.values()) / args.e2e_tenants * 1000:.0f} ms per tenant "
+          f"({', '.join(f'{k} {v / args.e2e_tenants * 1000:.0f}' for k, v in cpu.items())})")
     print(f"BENCH month_end_e2e_ratio {wall / floor:.2f} x (target <= {TARGET})")
     print(f"BENCH month_end_e2e_invariants {'hold' if report.ok else 'BROKEN'}")
     print(f"# load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; logs {run.logdir}")

@@ -43,11 +43,10 @@ def load(conn, first_id: int, tenants: int, months: list[date], seed: int) -> in
                                 0, "ok", False, now, now))
         cur.execute("SELECT coalesce(max(id), 0) FROM invoices")
         invoice_id = cur.fetchone()[0]
+        made: list[tuple[int, str, date, date, list[int]]] = []  # for the lines: one COPY at a time per connection
         with cur.copy("COPY invoices (id, tenant_id, period_start, period_end, plan_code, amount_due, amount_paid, "
                       "currency, status, number, issued_at, due_at, paid_at, paid_out_of_band, hard_decline, "
-                      "disputed, created_at, updated_at) FROM STDIN") as inv_copy, \
-                cur.copy("COPY invoice_lines (invoice_id, metric, quantity, used_quantity, included, unit_price, "
-                         "amount, description, period_start, period_end) FROM STDIN") as line_copy:
+                      "disputed, created_at, updated_at) FROM STDIN") as copy:
             for i in range(first_id, first_id + tenants):
                 plan = plans[i % 3]
                 for start in months:
@@ -57,15 +56,19 @@ def load(conn, first_id: int, tenants: int, months: list[date], seed: int) -> in
                     amount = FEES[plan] + sum(usage)
                     paid = rng.random() < 0.93
                     invoice_id += 1
-                    inv_copy.write_row((invoice_id, i, start, end, plan, amount, amount if paid else 0, "usd",
-                                        "paid" if paid else "open", f"SP-{start:%Y-%m}-{i:06d}", issued, issued,
-                                        issued + timedelta(hours=rng.randint(1, 200)) if paid else None, False,
-                                        False, False, now, now))
-                    line_copy.write_row((invoice_id, None, 1, 1, 0, FEES[plan] / 100, FEES[plan],
-                                         f"{plan.title()} plan", start, end))
-                    for metric, cents in zip(("voice_minutes", "sms_outbound", "sms_inbound"), usage, strict=True):
-                        line_copy.write_row((invoice_id, metric, cents, cents, 0, "0.01", cents,
-                                             metric.replace("_", " "), start, end))
+                    copy.write_row((invoice_id, i, start, end, plan, amount, amount if paid else 0, "usd",
+                                    "paid" if paid else "open", f"SP-{start:%Y-%m}-{i:06d}", issued, issued,
+                                    issued + timedelta(hours=rng.randint(1, 200)) if paid else None, False, False,
+                                    False, now, now))
+                    made.append((invoice_id, plan, start, end, usage))
+        with cur.copy("COPY invoice_lines (invoice_id, metric, quantity, used_quantity, included, unit_price, "
+                      "amount, description, period_start, period_end) FROM STDIN") as copy:
+            for invoice_id_, plan, start, end, usage in made:
+                copy.write_row((invoice_id_, None, 1, 1, 0, FEES[plan] / 100, FEES[plan], f"{plan.title()} plan",
+                                start, end))
+                for metric, cents in zip(("voice_minutes", "sms_outbound", "sms_inbound"), usage, strict=True):
+                    copy.write_row((invoice_id_, metric, cents, cents, 0, "0.01", cents, metric.replace("_", " "),
+                                    start, end))
         cur.execute("SELECT setval(pg_get_serial_sequence('tenants', 'id'), %s)", (first_id + tenants - 1,))
         cur.execute("SELECT setval(pg_get_serial_sequence('invoices', 'id'), %s)", (invoice_id,))
     conn.commit()

@@ -22,6 +22,8 @@ from tests.support.services import SmtpSink, free_port, postgres_server, wait_po
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUES = ["billing", "webhooks", "default", "mail"]
+#: How often the emulator's request log is read during a run (it keeps 20,000; a month-end makes ~100/s).
+REQUEST_POLL_S = 30.0
 
 
 @dataclass
@@ -101,6 +103,8 @@ class ChaosRun:
         self.emulator_rate_limit = emulator_rate_limit
         self.dunning = dunning
         self.on_finish = on_finish  # called with every service still up, after the invariants were checked
+        self._requests: dict[tuple, dict] = {}
+        self._requests_polled = 0.0
         self.invoices_final_at: float | None = None
         self.done_at: float | None = None
         self.report = Report()
@@ -130,6 +134,40 @@ class ChaosRun:
                                 stderr=subprocess.STDOUT)
         self.workers.append(proc)
         return proc
+
+    def cpu_by_party(self) -> dict[str, float]:
+        """CPU seconds (user + system) used so far by each party of the run that is still alive."""
+        tick = os.sysconf("SC_CLK_TCK")
+        procs: dict[int, tuple[int, str, float]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # utime + stime, and cutime + cstime: children that exited (RQ's forked work horses) count too.
+            procs[int(entry)] = (int(fields[1]), cmdline, sum(int(x) for x in fields[11:15]) / tick)
+        workers = {w.pid for w in self.alive_workers()}
+        web = getattr(self, "web", None)
+        owners = {"workers": workers, "web": {web.pid} if web else set(),
+                  "emulator": {self.emu.process.pid} if self.emu.process else set(),
+                  "redis": {self.redis.proc.pid} if self.redis.proc else set()}
+        out = {name: 0.0 for name in [*owners, "postgres"]}
+        for pid, (ppid, cmdline, cpu) in procs.items():
+            for name, pids in owners.items():
+                if pid in pids or ppid in pids:
+                    out[name] += cpu
+                    break
+            else:
+                if "servicepro_chaos" in cmdline and cmdline.startswith("postgres:"):
+                    out["postgres"] += cpu
+        times = os.times()
+        out["harness"] = times.user + times.system
+        return out
 
     def alive_workers(self) -> list[subprocess.Popen]:
         return [w for w in self.workers if w.poll() is None]
@@ -163,6 +201,7 @@ class ChaosRun:
                                     else "gunicorn", "--bind", f"127.0.0.1:{web_port}", "--workers", "2",
                                     "--threads", "8", "app:create_app()"], cwd=ROOT, env=self.env(),
                                    stdout=open(os.path.join(self.logdir, "web.log"), "a"), stderr=subprocess.STDOUT)
+            self.web = web
             stack.callback(lambda: (web.terminate(), web.wait(20)))
             wait_port(web_port)
             for _ in range(self.n_workers):
@@ -370,6 +409,7 @@ class ChaosRun:
             # Stripe's limit at or a little above our budget (ours is the one that must hold).
             self.emu.set_faults(rate_limit_per_s=self.emulator_rate_limit or self.rate_limit + 1)
         self.measure_from = time.time()
+        self.cpu_at_start = self.cpu_by_party()
         self.billing_drained_at: float | None = None
         self._tick()
         next_kill = time.monotonic() + self.rng.uniform(2, 5)
@@ -378,6 +418,7 @@ class ChaosRun:
         deadline = time.monotonic() + self.timeout / 2
         while time.monotonic() < deadline:
             time.sleep(0.25)
+            self._poll_requests()
             self._watch_redrives()
             settled, total = self._progress()
             if not self.chaos:
@@ -387,6 +428,7 @@ class ChaosRun:
                     self.invoices_final_at = time.time()
                 if self.invoices_final_at is not None and self._webhooks_done():
                     self.done_at = time.time()
+                    self.cpu_at_done = self.cpu_by_party()
                     break
                 if time.monotonic() >= next_tick:
                     self._tick()
@@ -423,6 +465,27 @@ class ChaosRun:
             if hooks.get("pending", 0) == 0 and self._idle():
                 return
             time.sleep(0.5)
+
+    def requests_seen(self) -> list[dict]:
+        """Every API request the emulator logged during the run, oldest first (collected as it went along).
+
+        The emulator keeps only its last 20,000 requests, fewer than a large month-end makes: the log is read
+        every REQUEST_POLL_S while the run goes on (a fraction of what it holds by then) and merged here.
+        """
+        try:
+            fresh = self.emu.requests()
+        except Exception:  # noqa: BLE001 - the next poll (or the final one) catches up
+            fresh = []
+        for entry in fresh:
+            key = (entry.get("time"), entry.get("method"), entry.get("path"), entry.get("idempotency_key"),
+                   entry.get("status"), entry.get("duration_ms"))
+            self._requests.setdefault(key, entry)
+        self._requests_polled = time.monotonic()
+        return sorted(self._requests.values(), key=lambda r: r.get("time") or 0)
+
+    def _poll_requests(self) -> None:
+        if time.monotonic() - self._requests_polled >= REQUEST_POLL_S:
+            self.requests_seen()
 
     def _webhooks_done(self) -> bool:
         """Every event Stripe created so far was delivered and its row processed (or ignored)."""
@@ -470,6 +533,7 @@ class ChaosRun:
         deadline = time.monotonic() + self.timeout / 2
         next_tick = 0.0
         while time.monotonic() < deadline:
+            self._poll_requests()
             self._watch_redrives()
             self._supervise()
             if time.monotonic() >= next_tick:
@@ -507,7 +571,7 @@ class ChaosRun:
         r.check("one_invoice_per_tenant_period", not wrong,
                 f"{len(per_tenant)} tenants, {len(wrong)} without exactly one non-void invoice {wrong[:5]}")
 
-        self.request_log = self.emu.requests()
+        self.request_log = self.requests_seen()
         charges = self.emu.charges()
         per_invoice = Counter(c["invoice"] for c in charges)
         twice = [i for i, n in per_invoice.items() if n > 1]
@@ -517,6 +581,12 @@ class ChaosRun:
         r.check("no_invoice_charged_twice", not twice, f"{len(charges)} charges, {len(twice)} invoices charged twice")
         r.check("charges_equal_paid_invoices", not missing and not extra,
                 f"{len(paid)} paid invoices; charged-not-paid {len(extra)}, paid-not-charged {len(missing)}")
+        # Issue 17: money is conserved — what Stripe charged less what it refunded is what our invoices say was paid.
+        net = sum(c["amount"] - c.get("amount_refunded", 0) for c in charges)
+        ours = q("select coalesce(sum(amount_paid - amount_refunded), 0) from invoices "
+                 "where not paid_out_of_band")[0][0]
+        r.check("money_conserved", net == ours,
+                f"charged − refunded in Stripe {net}, paid − refunded on invoices {ours}")
 
         status = dict(q("select tenant_id, status from invoices where status <> 'void'"))
         bad = [t for t, k in self.kind.items()

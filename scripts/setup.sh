@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up. Usage: scripts/setup.sh [run|test]
-# Needs python3 (with venv) and redis-server (plus PostgreSQL and Chromium for `test`); only when one is missing
-# does it install OS packages with apt-get, which needs root or sudo. Nothing else is fetched but Python packages:
-# the front-end assets are committed and only checked here.
+# Needs python3 (with venv) and redis-server (plus PostgreSQL, Chromium and npm for `test`); only when one is missing
+# does it install OS packages with apt-get, which needs root or sudo. Nothing else is fetched but Python packages
+# (and, for `test`, axe-core from npm): the front-end assets the app serves are committed and only checked here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-run}"
@@ -13,6 +13,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ "$MODE" = "test" ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || need+=(postgresql)
   command -v chromium >/dev/null || need+=(chromium)
+  command -v npm >/dev/null || need+=(npm)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""
@@ -56,4 +57,13 @@ for line in (vendor / "SHA256SUMS").read_text().splitlines():
         sys.exit(f"error: {path} is missing or not the pinned file (app/static/vendor/SHA256SUMS); "
                  f"restore it with: git checkout -- {path}")
 PY
+# Test assets from npm (package-lock.json): axe-core, which the browser tests inject into every page.
+if [ "$MODE" = "test" ]; then
+  lock="$(sha256sum package-lock.json | cut -d' ' -f1)"
+  if [ "$(cat node_modules/.package-lock.sha 2>/dev/null)" != "$lock" ]; then
+    echo "==> installing test assets (npm ci)"
+    npm ci --no-audit --no-fund --loglevel=error >/dev/null
+    echo "$lock" > node_modules/.package-lock.sha
+  fi
+fi
 mkdir -p instance .run

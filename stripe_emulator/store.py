@@ -1318,7 +1318,8 @@ class Store:
         with self.lock:
             return [
                 {"id": c["id"], "invoice": self._charge_invoice.get(c["id"]), "customer": c["customer"],
-                 "amount": c["amount"], "currency": c["currency"], "payment_method": c["payment_method"],
+                 "amount": c["amount"], "amount_refunded": c["amount_refunded"], "currency": c["currency"],
+                 "payment_method": c["payment_method"],
                  "status": c["status"], "created": c["created"]}
                 for c in self.charges.values() if include_failed or c["status"] == "succeeded"
             ]

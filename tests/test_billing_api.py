@@ -65,7 +65,8 @@ def test_tenant_admin_sees_their_billing_status(client, two_tenants):
     assert latest_open == {
         "id": latest_open["id"], "number": "SP-2026-08-000001", "period_start": "2026-08-01",
         "period_end": "2026-08-31", "amount_due": 10008, "amount_paid": 0, "currency": "usd", "status": "open",
-        "hosted_invoice_url": "https://pay/8", "due_at": "2026-09-01T00:00:00+00:00", "paid_at": None}
+        "hosted_invoice_url": "https://pay/8", "due_at": "2026-09-01T00:00:00+00:00", "paid_at": None,
+        "amount_credited": 0, "amount_remaining": 10008}  # issue 17
     assert invoices[0]["status"] == "void"
     assert "Theirs Co" not in resp.get_data(as_text=True) and "cus_theirs" not in resp.get_data(as_text=True)
 

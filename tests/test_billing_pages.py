@@ -102,6 +102,44 @@ def test_lists_the_last_six_invoices_newest_first_plus_any_older_open_one(app, c
     paid_row = row_html(html, re.search(r'id="(invoice-row-\d+)"', html).group(1))
     assert "badge-paid" in paid_row and "Aug 2, 2026" in paid_row
     assert f'href="/admin/billing/invoices/' in paid_row
+    assert "Invoices 1–6 of 9, newest first" in text_of_html(html)
+
+
+def test_every_invoice_is_reachable_a_page_at_a_time(app, client, plans):
+    tenant = make_tenant()
+    make_invoice(tenant, date(2025, 3, 2), amount=1111, number="SP-OLD-OPEN")
+    for month in range(1, 9):
+        make_invoice(tenant, date(2026, month, 2), status="paid", number=f"SP-2026-{month:02d}")
+    login(client, admin_email(tenant))
+    html = client.get("/admin/billing").get_data(as_text=True)
+    # The pager is a link (works without JS) that htmx follows in place, putting ?page= in the address.
+    assert re.search(r'<a rel="next" href="/admin/billing\?page=2" hx-get="/admin/billing\?page=2"[^>]*'
+                     r'hx-push-url="true" hx-select="#invoices-card">Next →</a>', html)
+    html = client.get("/admin/billing?page=2").get_data(as_text=True)
+    numbers = re.findall(r'<tr id="invoice-row-\d+"[^>]*>\s*<th scope="row"><a [^>]+>([^<]+)</a>', html)
+    assert numbers == ["SP-2026-02", "SP-2026-01", "SP-OLD-OPEN"]  # the rest, oldest last; nothing twice
+    assert "Invoices 7–9 of 9, newest first" in text_of_html(html) and "Page 2 of 2" in html
+    html = client.get("/admin/billing?page=7").get_data(as_text=True)  # past the end: a way back
+    assert "There is no page 7." in text_of_html(html) and 'href="/admin/billing"' in html
+    assert client.get("/admin/billing?page=x").status_code == 200
+
+
+def test_the_due_column_counts_overdue_days_to_the_last_dunning_pass(app, client, plans):
+    from app.services.dunning import run_pass
+
+    tenant = make_tenant("Late Co")
+    due = clock.today() - timedelta(days=5)
+    inv = make_invoice(tenant, due, number="SP-LATE")
+    run_pass(due + timedelta(days=50))  # a pass run --as-of fifty days after the due date
+    login(client, admin_email(tenant))
+    html = client.get("/admin/billing").get_data(as_text=True)
+    due_cell = re.search(r'<td data-col="due">(.*?)</td>', row_html(html, f"invoice-row-{inv.id}"), re.S).group(1)
+    assert text_of_html(due_cell) == f"{due:%b} {due.day}, {due.year} 50 days overdue"
+    assert "50 days overdue" in text_of_html(html)  # the banner says the same number
+
+
+def text_of_html(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
 
 
 def test_stripe_hosted_invoice_link_and_pay_now_only_on_open_stripe_invoices(app, client, plans, emulator):
@@ -205,6 +243,35 @@ def test_restricted_tenant_reaches_every_billing_page(app, client, plans):
     assert client.get(f"/admin/billing/invoices/{inv.id}").status_code == 200
 
 
+def test_a_restricted_admin_reads_the_restriction_once_and_sees_only_what_they_can_open(app, client, plans):
+    tenant = make_tenant(dunning_stage="restricted", overdue_days=50)
+    make_invoice(tenant, clock.today() - timedelta(days=50))
+    login(client, admin_email(tenant))
+    html = client.get("/admin/usage", follow_redirects=True).get_data(as_text=True)
+    assert html.count("restricted because of an unpaid balance") == 1  # the banner, not the banner and a flash
+    nav = re.search(r'<nav aria-label="Main".*?</nav>', html, re.S).group(0)
+    assert 'href="/admin/billing"' in nav and 'aria-current="page"' in nav
+    assert 'href="/admin/usage"' not in nav and 'href="/admin/api-keys"' not in nav
+    # Paid up, the whole navigation is back.
+    db.session.get(Tenant, tenant.id).dunning_stage = "ok"
+    db.session.commit()
+    nav = re.search(r'<nav aria-label="Main".*?</nav>', client.get("/admin/billing").get_data(as_text=True),
+                    re.S).group(0)
+    assert 'href="/admin/usage"' in nav and 'href="/admin/api-keys"' in nav
+
+
+def test_metric_names_read_the_same_on_every_page_and_pages_have_a_favicon(app, client, plans):
+    tenant = make_tenant()
+    add_usage(tenant.id, clock.today(), sms_inbound=5)
+    login(client, admin_email(tenant))
+    for path in ("/admin/usage", "/admin/billing"):
+        html = client.get(path).get_data(as_text=True)
+        assert "Inbound SMS" in html and "Sms inbound" not in html and "sms inbound" not in html.lower(), path
+        icon = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', html).group(1)
+    resp = client.get(icon)
+    assert resp.status_code == 200 and resp.mimetype == "image/svg+xml" and b"<svg" in resp.data
+
+
 # -- Pay now -----------------------------------------------------------------------------------------------------
 
 def test_pay_now_with_htmx_shows_the_decline_then_pays_in_place_after_a_new_card(app, client, plans, emulator):
@@ -292,6 +359,37 @@ def test_card_update_that_still_declines_tells_the_tenant(app, client, plans, em
     text = text_of(client.get("/admin/billing"))
     assert "Your payment method was updated, but 1 invoice could not be charged" in text
     assert db.session.get(Invoice, invoice.id).status == "open"
+
+
+def back_from_portal_without_choosing(client) -> None:
+    """The portal's "return" link, the card left as it was: the app's return address with the session's nonce."""
+    with client.session_transaction() as sess:
+        nonce = sess["card_update_nonce"]
+    client.get(f"/admin/billing?card_updated={nonce}")
+
+
+def test_coming_back_from_the_portal_without_a_new_card_says_nothing_changed(app, client, plans, emulator):
+    tenant, invoice = billed_tenant("pm_card_chargeCustomerFail")
+    login(client, admin_email(tenant))
+    client.post("/admin/billing/payment-method", data={"csrf_token": token(client)})
+    back_from_portal_without_choosing(client)
+    text = text_of(client.get("/admin/billing"))
+    assert "Your payment method was not changed. 1 invoice is still open." in text
+    assert "every open invoice is paid" not in text and "payment method was updated" not in text
+    assert [a.trigger for a in attempts(invoice.id)] == ["scheduled"]  # the old card is not charged again
+
+
+def test_a_new_card_with_nothing_open_does_not_claim_to_have_paid_anything(app, client, plans, emulator):
+    tenant = tenant_with_card("pm_card_visa")
+    login(client, admin_email(tenant))
+    portal = client.post("/admin/billing/payment-method", data={"csrf_token": token(client)}).headers["Location"]
+    back = requests.post(f"{portal}/payment_method", data={"payment_method": "pm_card_mastercard"},
+                         allow_redirects=False, timeout=10)
+    loc = urlsplit(back.headers["Location"])
+    client.get(f"{loc.path}?{loc.query}")
+    text = text_of(client.get("/admin/billing"))
+    assert "Your payment method was updated. Nothing was due, so nothing was charged." in text
+    assert "every open invoice is paid" not in text
 
 
 def test_update_payment_method_when_stripe_is_unreachable_shows_a_message(app, client, plans):

@@ -238,3 +238,74 @@ def test_a_charged_invoice_after_a_plan_change_charges_the_prorated_total(app, p
     [inv] = invoices_of(tenant.id)
     expected = half_up(Fraction(2900 * 15, 31)) + half_up(Fraction(9900 * 16, 31))
     assert (inv.amount_due, inv.amount_paid, inv.status) == (expected, expected, "paid")
+
+
+# -- the pages -------------------------------------------------------------------------------------------------------
+
+def test_root_changes_a_plan_on_the_tenant_page_and_sees_the_history(app, plans, client):
+    from tests.conftest import login, page_csrf
+    from tests.factories import make_root
+
+    tenant = make_tenant(plan="starter", created_at=EARLY)
+    make_root()
+    login(client, "root@example.com")
+    page = f"/admin/system-billing/tenants/{tenant.id}"
+    token = page_csrf(client, page)
+    resp = client.post(f"{page}/plan-change", data={"csrf_token": token, "plan": "pro", "effective": "2099-01-05",
+                                                    "reason": "sales call"})
+    assert resp.status_code == 303
+    html = client.get(page).get_data(as_text=True)
+    assert 'id="plan-history"' in html and "starter → pro" in html and "2099" in html
+    # Refused: a bad date, then an already invoiced month, re-rendered with the message at 422.
+    bad = client.post(f"{page}/plan-change", data={"csrf_token": token, "plan": "pro", "effective": "05/01/2099"})
+    assert bad.status_code == 422 and "YYYY-MM-DD" in bad.get_data(as_text=True)
+    invoicing.generate_invoice(tenant.id, 2026, 10, now=utc(2026, 11, 1))
+    refused = client.post(f"{page}/plan-change", data={"csrf_token": token, "plan": "enterprise",
+                                                       "effective": "2026-10-05"})
+    assert refused.status_code == 422 and "already invoiced" in refused.get_data(as_text=True)
+    assert len(db.session.scalars(select(PlanChange)).all()) == 1
+
+
+def test_a_tenant_admin_previews_the_prorated_fee_then_confirms(app, plans, client, monkeypatch):
+    from app.services import clock
+    from tests.conftest import login, page_csrf
+    from tests.factories import admin_email
+
+    tenant = make_tenant(plan="starter", created_at=EARLY)
+    monkeypatch.setattr(clock, "utcnow", lambda: utc(2026, 10, 12, 9))
+    monkeypatch.setattr(plan_service, "utcnow", lambda: utc(2026, 10, 12, 9))
+    login(client, admin_email(tenant))
+    billing = client.get("/admin/billing").get_data(as_text=True)
+    assert 'id="change-plan"' in billing
+    preview = client.get("/admin/billing/plan?plan=pro")
+    html = preview.get_data(as_text=True)
+    # Starter Oct 1–11: 2900 × 11/31 → $10.29; Pro Oct 12–31: 9900 × 20/31 → $63.87; without: $29.00.
+    assert preview.status_code == 200 and "$10.29" in html and "$63.87" in html
+    assert 'id="preview-after">$74.16<' in html and "+$45.16" in html
+    assert db.session.scalars(select(PlanChange)).all() == []  # a preview changes nothing
+    token = page_csrf(client, "/admin/billing/plan?plan=pro")
+    resp = client.post("/admin/billing/plan", data={"csrf_token": token, "plan": "pro"})
+    assert resp.status_code == 303
+    [row] = db.session.scalars(select(PlanChange)).all()
+    assert (row.from_plan, row.to_plan, row.effective_on, row.source) == ("starter", "pro", date(2026, 10, 12),
+                                                                          "tenant")
+    db.session.expire_all()
+    assert db.session.get(Tenant, tenant.id).plan == "pro"
+    inv = invoicing.generate_invoice(tenant.id, 2026, 10, now=utc(2026, 11, 1))
+    assert sum(ln.amount for ln in inv.lines if ln.metric is None) == 7416  # what the preview said
+
+
+def test_a_tenant_cannot_change_another_tenants_plan_or_pick_an_unknown_plan(app, plans, client):
+    from tests.conftest import login, page_csrf
+    from tests.factories import admin_email
+
+    mine, theirs = make_tenant(plan="starter"), make_tenant(plan="starter")
+    login(client, admin_email(mine))
+    token = page_csrf(client, "/admin/billing/plan")
+    resp = client.post("/admin/billing/plan", data={"csrf_token": token, "plan": "platinum"})
+    assert resp.status_code == 422 and "no plan" in resp.get_data(as_text=True)
+    client.post("/admin/billing/plan", data={"csrf_token": token, "plan": "pro", "tenant_id": theirs.id})
+    db.session.expire_all()
+    assert db.session.get(Tenant, theirs.id).plan == "starter"
+    assert client.post(f"/admin/system-billing/tenants/{theirs.id}/plan-change",
+                       data={"csrf_token": token, "plan": "pro"}).status_code == 403

@@ -8,9 +8,10 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
 
 from app.extensions import db
-from app.models import Invoice, InvoiceLine
+from app.models import CreditNote, Invoice, InvoiceLine
 from app.services import clock
 from app.services.reports import INVOICE_CSV_HEADER, LINE_CSV_HEADER, revenue_report
 from tests.conftest import login
@@ -94,6 +95,32 @@ def test_each_month_adds_up_the_invoices_and_payments_it_comes_from(app, plans):
         ("90+ days", 0, 0)]
     # 37,000 owed ÷ 91,000 invoiced over January–March (90 days) × 90.
     assert report.days_sales_outstanding == Decimal("36.6")
+
+
+def credit(invoice: Invoice, amount: int, kind: str, issued_at: datetime | None) -> None:
+    """A credit note on an invoice, issued at `issued_at` (None: still pending in Stripe)."""
+    db.session.add(CreditNote(tenant_id=invoice.tenant_id, invoice_id=invoice.id, amount=amount,
+                              currency=invoice.currency, kind=kind, reason="goodwill",
+                              status="issued" if issued_at else "pending", issued_at=issued_at,
+                              created_at=issued_at or NOW))
+    invoice.amount_credited += amount
+    db.session.commit()
+
+
+def test_credit_notes_count_in_the_month_they_were_issued_and_lower_what_is_owed(root):
+    a, b, _c, _d = four_months_of_history()
+    feb_b = db.session.scalar(select(Invoice).where(Invoice.tenant_id == b.id, Invoice.period_start == FEB))
+    jan_a, mar_a = (db.session.scalar(select(Invoice).where(Invoice.tenant_id == a.id, Invoice.period_start == p))
+                    for p in (JAN, MAR))
+    credit(feb_b, 5000, "reduce", utc(2026, 3, 10, 12))
+    credit(jan_a, 2000, "refund", utc(2026, 4, 1, 3))  # March 31, 23:00 in New York
+    credit(mar_a, 1000, "reduce", None)  # pending: on the invoice already, not issued in any month yet
+    report = revenue_report(4, now=NOW)
+    assert [m.credited for m in report.months] == [0, 0, 7000, 0]
+    assert report.outstanding == 37000 - 5000 - 1000
+    assert [b.amount for b in report.aging][1:3] == [8000, 15000]
+    rows = read_csv(root.get("/admin/reports/invoices.csv?period=2026-02"))
+    assert [(r[2], r[8]) for r in rows[1:]] == [("Alpha", "0"), ("Bravo", "5000")]
 
 
 def test_another_currency_is_reported_on_its_own(app, plans):

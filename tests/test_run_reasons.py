@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import BillingRun
+from app.models import BillingRun, Invoice
 from app.services import billing_views, clock, invoicing
 from tests.billing_support import tenant_with_card
 from tests.conftest import csrf_from, login, run_jobs
@@ -59,7 +59,7 @@ def test_run_all_result_counts_tenants_per_reason(root, emulator):
     tenant_with_card(name="Paid Co", created_at=LONG_AGO)
     done = tenant_with_card(name="Done Co", created_at=LONG_AGO)
     invoicing.invoice_and_charge(done.id, period)  # invoiced before the run
-    make_tenant("Broken Co", created_at=LONG_AGO, stripe_customer_id="cus_missing")  # Stripe does not know it
+    broken = make_tenant("Broken Co", created_at=LONG_AGO, stripe_customer_id="cus_missing")  # Stripe: unknown
     make_tenant("Later Co", created_at=month_end(period) + timedelta(seconds=1))
 
     html = run_all(root, period)
@@ -71,9 +71,41 @@ def test_run_all_result_counts_tenants_per_reason(root, emulator):
     assert "Invoiced: 1 — paid 1" in text
     assert "Skipped: 2 — already invoiced 1, created after the period 1" in text
     assert "Failed: 1 — no Stripe customer 1" in text
+    # One line first, naming the tenant the run could not settle and why (its link leads to its page).
+    headline = re.search(r'<p class="run-headline"[^>]*>(.*?)</p>', html_of_run(root, run.id), re.S).group(1)
+    assert visible(headline).startswith(
+        "1 paid · 1 already invoiced · 1 created after the period · 1 no Stripe customer: Broken Co — ")
+    assert f'href="/admin/system-billing/tenants/{broken.id}"' in headline
     # The no-JS page of the run says the same.
     assert "Skipped: 2 — already invoiced 1, created after the period 1" in visible(
         root.get(f"/admin/system-billing/runs/{run.id}").get_data(as_text=True))
+
+
+def html_of_run(client, run_id: int) -> str:
+    return client.get(f"/admin/system-billing/runs/{run_id}", headers=HX).get_data(as_text=True)
+
+
+def test_run_all_names_each_declined_tenant_with_the_decline(root, emulator):
+    period = billing_views.default_period()
+    for name in ("Acme Plumbing", "Brightside HVAC", "Citywide Electric"):
+        tenant_with_card(name=name, created_at=LONG_AGO)
+    tenant_with_card("pm_card_chargeCustomerFail", name="Dunmore Roofing", created_at=LONG_AGO)
+    run_all(root, period)
+    run_jobs(("billing",))
+    run = db.session.scalar(select(BillingRun))
+    html = html_of_run(root, run.id)
+    assert visible(re.search(r'<p class="run-headline".*?</p>', html, re.S).group(0)) == (
+        "3 paid · 1 payment declined: Dunmore Roofing — Your card was declined.")
+    # The system page says the same (the latest run), and so does the run's own page.
+    assert "1 payment declined: Dunmore Roofing — Your card was declined." in visible(
+        root.get("/admin/system-billing").get_data(as_text=True))
+    assert "Dunmore Roofing — Your card was declined." in visible(
+        root.get(f"/admin/system-billing/runs/{run.id}").get_data(as_text=True))
+    # Only the run's own charges count: a later "Pay now" decline is not named again under this run.
+    invoice_id = db.session.scalar(select(Invoice.id).where(Invoice.status == "open"))
+    assert not billing_views.pay_now(invoice_id).ok
+    named = billing_views.run_problems(run, invoicing.run_summary(run.id))
+    assert [(n.name, n.message) for n in named["payment_failed"]] == [("Dunmore Roofing", "Your card was declined.")]
 
 
 def test_a_run_with_nothing_to_invoice_says_why(root):

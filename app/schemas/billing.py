@@ -37,6 +37,9 @@ class InvoiceSummarySchema(Schema):
     period_end = fields.Date()
     amount_due = fields.Integer()
     amount_paid = fields.Integer()
+    # Issue 17: Σ of its credit notes, and what is still owed after payments, credits and account credit applied.
+    amount_credited = fields.Integer()
+    amount_remaining = fields.Integer()
     currency = fields.String()
     status = fields.String()
     hosted_invoice_url = fields.String(allow_none=True)
@@ -51,6 +54,7 @@ class BillingCustomerSchema(Schema):
     plan = fields.Nested(PlanOutSchema)
     stripe_customer_id = fields.Function(lambda s: s.tenant.stripe_customer_id)
     balance_due = fields.Integer()
+    credit_balance = fields.Integer()  # issue 17: account credit used by the next invoices before the card
     currency = fields.String()
     overdue_days = fields.Function(lambda s: s.tenant.overdue_days)
     dunning_stage = fields.Function(lambda s: s.tenant.dunning_stage)

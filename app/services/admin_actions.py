@@ -147,14 +147,16 @@ def mark_paid_out_of_band(invoice_id: int, actor: User | int, reason: str, *,
     if invoice.stripe_invoice_id:
         _gateway_call(gateway.mark_paid_out_of_band, invoice.id, invoice.stripe_invoice_id)
     status_before = invoice.status
+    received = invoice.balance if invoice.status == InvoiceStatus.OPEN else max(
+        0, invoice.amount_due - invoice.amount_paid - invoice.amount_credited - invoice.balance_applied)
     invoice.status = InvoiceStatus.PAID
     invoice.paid_at = now
-    invoice.amount_paid = invoice.amount_due
+    invoice.amount_paid = invoice.amount_paid + received  # what was still owed after credits (issue 17)
     invoice.paid_out_of_band = True
     invoice.next_payment_attempt_at = None
     tenant_id = invoice.tenant_id
     row = _audit(actor_id, tenant_id, "invoice_paid_out_of_band", why,
-                 {"invoice_id": invoice.id, "number": invoice.number, "amount": invoice.amount_due,
+                 {"invoice_id": invoice.id, "number": invoice.number, "amount": received,
                   "currency": invoice.currency, "status_before": status_before,
                   "stripe_invoice_id": invoice.stripe_invoice_id}, now)
     audit_id = row.id
@@ -174,7 +176,8 @@ def void_invoice(invoice_id: int, actor: User | int, reason: str, *, now: dateti
     if invoice.status == InvoiceStatus.VOID:
         raise ActionError(f"invoice {invoice.number or invoice.id} is already void")
     if invoice.status == InvoiceStatus.PAID:
-        raise ActionError(f"invoice {invoice.number or invoice.id} is paid; refund it instead of voiding it")
+        raise ActionError(f"invoice {invoice.number or invoice.id} is paid; issue a refund or account credit note "
+                          "instead of voiding it")
     if invoice.stripe_invoice_id:
         if invoice.status == InvoiceStatus.DRAFT:
             raise ActionError(f"invoice {invoice.id} is still a Stripe draft; finalize or delete it first")

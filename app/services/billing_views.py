@@ -29,7 +29,7 @@ from sqlalchemy import String, and_, case, func, literal, or_, select, union_all
 
 from app.extensions import db
 from app.models import (AuditLog, BillingRun, BillingRunOutcome, DunningStage, Invoice, InvoiceSequence,
-                        InvoiceStatus, Plan, PlanPrice, Tenant, utcnow)
+                        InvoiceStatus, Plan, PlanPrice, Tenant, owed, utcnow)
 from app.services import clock, pricing
 from app.services.usage import month_usage
 
@@ -182,7 +182,7 @@ class TenantPage:
 
 def _open_aggregate():
     i = Invoice.__table__
-    return (select(i.c.tenant_id, func.sum(i.c.amount_due - i.c.amount_paid).label("balance"),
+    return (select(i.c.tenant_id, func.sum(owed(i.c)).label("balance"),
                    func.min(i.c.due_at).label("oldest_due"))
             .where(i.c.status == InvoiceStatus.OPEN.value).group_by(i.c.tenant_id).subquery("oa"))
 
@@ -244,7 +244,7 @@ def _rows_statement(query: TenantQuery, *, tenant_id: int | None = None, today: 
 
     # Per-row details, evaluated for the page's rows only (≤ per_page index look-ups each).
     is_open = and_(i.c.tenant_id == pg.c.id, i.c.status == InvoiceStatus.OPEN.value)
-    balance = select(func.coalesce(func.sum(i.c.amount_due - i.c.amount_paid), 0)).where(is_open) \
+    balance = select(func.coalesce(func.sum(owed(i.c)), 0)).where(is_open) \
         .scalar_subquery()
     last_error = (select(i.c.last_payment_error).where(is_open, i.c.last_payment_error.is_not(None))
                   .order_by(i.c.period_start.desc(), i.c.id.desc()).limit(1).scalar_subquery())
@@ -259,7 +259,7 @@ def _rows_statement(query: TenantQuery, *, tenant_id: int | None = None, today: 
                    li.c.amount_due.label("li_amount"), li.c.currency.label("li_currency"),
                    li.c.period_start.label("li_period"), li.c.paid_at.label("li_paid_at"),
                    oi.c.id.label("oi_id"), oi.c.number.label("oi_number"), oi.c.due_at.label("oldest_due"),
-                   (oi.c.amount_due - oi.c.amount_paid).label("oi_balance"), oi.c.currency.label("oi_currency"))
+                   owed(oi.c).label("oi_balance"), oi.c.currency.label("oi_currency"))
             .select_from(pg.outerjoin(li, li.c.id == last_id).outerjoin(oi, oi.c.id == oldest_id))
             .order_by(*ordering(pg.c.sort_key, pg.c.name_key, pg.c.id)))
 
@@ -400,7 +400,7 @@ def overview(*, now: datetime | None = None, as_of: date | None = None) -> Overv
     whens = [(is_paid, -1), (or_(i.c.due_at.is_(None), not_yet_overdue(BUCKETS[0][2])), 0)]
     whens += [(not_yet_overdue(high), n) for n, (_label, _low, high) in enumerate(BUCKETS[1:-1], start=1)]
     bucket = case(*whens, else_=len(BUCKETS) - 1)
-    amount = case((is_paid, i.c.amount_paid), else_=i.c.amount_due - i.c.amount_paid)
+    amount = case((is_paid, i.c.amount_paid), else_=owed(i.c))
     money = (select(literal("money", String).label("kind"), i.c.currency.label("key"), bucket.label("bucket"),
                     func.sum(amount), func.count())
              .where(or_(i.c.status == InvoiceStatus.OPEN.value, paid_this_month))
@@ -538,7 +538,7 @@ def run_problems(run: BillingRun | None, summary: Any, *, limit: int = 50) -> di
                 .where(a.c.trigger == "manual", a.c.status.in_(list(_ATTEMPT_REASONS)), i.c.period_start == first,
                        a.c.created_at >= run.started_at, a.c.created_at <= end))
     prefix = f"invoice {run.period}: "
-    failures = (select(t.c.id, t.c.name, literal("failed", String).label("kind"), t.c.billing_error,
+    failures = (select(t.c.id, t.c.name, literal("billing_error", String).label("kind"), t.c.billing_error,
                        t.c.billing_error_at)
                 .where(t.c.billing_error.startswith(prefix, autoescape=True),
                        t.c.billing_error_at >= run.started_at, t.c.billing_error_at <= end))
@@ -706,11 +706,12 @@ def last_force_runs(tenant_ids: list[int]) -> dict[int, ForceRun]:
         return {}
     try:
         periods = rq.connection.mget([_last_force_run_key(t) for t in tenant_ids])
-        wanted = [(t, p.decode()) for t, p in zip(tenant_ids, periods) if p]
+        wanted = [(t, p.decode()) for t, p in zip(tenant_ids, periods, strict=True) if p]
         if not wanted:
             return {}
         jobs = Job.fetch_many([force_run_job_id(t, p) for t, p in wanted], connection=rq.connection)
-        return {t: _from_job(t, p, job, refresh=False) for (t, p), job in zip(wanted, jobs) if job is not None}
+        return {t: _from_job(t, p, job, refresh=False) for (t, p), job in zip(wanted, jobs, strict=True)
+                if job is not None}
     except Exception:  # noqa: BLE001 - see the docstring
         import logging
 
@@ -961,7 +962,7 @@ def days_overdue(invoice: Invoice, as_of: date) -> int:
 def balance_due(tenant_id: int) -> int:
     """What a tenant owes on its open invoices now."""
     total = db.session.scalar(
-        select(func.coalesce(func.sum(Invoice.amount_due - Invoice.amount_paid), 0))
+        select(func.coalesce(func.sum(owed(Invoice)), 0))
         .where(Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN))
     return max(0, int(total or 0))
 
@@ -1057,8 +1058,8 @@ def retry_after_card_update(tenant_id: int, before: Mapping[str, Any] | None = N
     card_before = before.get("card")
     if card_before and _default_card(tenant_id) == card_before:
         count = len(_open_invoice_ids(tenant_id))
-        owed = f" {count} invoice{'s are' if count > 1 else ' is'} still open." if count else ""
-        return PayResult(False, "Your payment method was not changed." + owed, tone="info")
+        still = f" {count} invoice{'s are' if count > 1 else ' is'} still open." if count else ""
+        return PayResult(False, "Your payment method was not changed." + still, tone="info")
     were_open = set(before.get("open") or []) | set(_open_invoice_ids(tenant_id))
     try:
         retry_open_invoices(tenant_id, trigger="card_updated", now=now)

@@ -26,7 +26,7 @@ from flask import Flask, current_app
 from sqlalchemy import func, select, text, update
 
 from app.extensions import db
-from app.models import DunningEvent, DunningStage, Invoice, InvoiceStatus, Tenant
+from app.models import DunningEvent, DunningStage, Invoice, InvoiceStatus, Tenant, owed
 from app.services.clock import billing_tz, local_day, utcnow
 from app.services.notifications import (among, bulk_insert, format_money, outbox_row, queue_rows,
                                         recipients_for, render_email)
@@ -366,7 +366,7 @@ def _open_invoices(ids: list[int]) -> dict[int, _OpenInvoices]:
     for chunk in _chunks(ids):
         rows = db.session.execute(
             select(Invoice.tenant_id, Invoice.id, Invoice.number, Invoice.due_at, Invoice.currency,
-                   Invoice.amount_due, Invoice.amount_paid)
+                   owed(Invoice).label("owed"))
             .where(among(Invoice.tenant_id, chunk), Invoice.status == InvoiceStatus.OPEN)
             .order_by(Invoice.tenant_id, Invoice.due_at.asc().nulls_last(), Invoice.id)
             .execution_options(skip_tenant_scope=True))
@@ -375,7 +375,7 @@ def _open_invoices(ids: list[int]) -> dict[int, _OpenInvoices]:
             if info.oldest is None and inv.due_at is not None:
                 info.oldest = inv
             cur = (inv.currency or "usd").lower()
-            info.balances[cur] = info.balances.get(cur, 0) + max(0, inv.amount_due - (inv.amount_paid or 0))
+            info.balances[cur] = info.balances.get(cur, 0) + max(0, int(inv.owed or 0))
     return out
 
 
@@ -478,7 +478,7 @@ def banner_for(tenant: Tenant) -> Banner | None:
     if stage == DunningStage.OK:
         return None
     rows = db.session.execute(
-        select(Invoice.currency, func.sum(Invoice.amount_due - Invoice.amount_paid), func.min(Invoice.due_at))
+        select(Invoice.currency, func.sum(owed(Invoice)), func.min(Invoice.due_at))
         .where(Invoice.tenant_id == tenant.id, Invoice.status == InvoiceStatus.OPEN)
         .group_by(Invoice.currency).execution_options(skip_tenant_scope=True)
     ).all()

@@ -26,7 +26,7 @@ from app import stripe_gateway as gateway
 from app.stripe_gateway import GatewayError, Outcome
 from app.extensions import db
 from app.models import (BillingRun, BillingRunOutcome, Invoice, InvoiceLine, InvoiceSequence, InvoiceStatus, Plan,
-                        Tenant, utcnow)
+                        Tenant, owed, utcnow)
 from app.services import clock, notifications, payments, pricing
 from app.services.customers import ensure_customer
 
@@ -221,6 +221,7 @@ def finalize_in_stripe(invoice: Invoice, customer_id: str, *, now: datetime | No
     now = now or utcnow()
     if invoice.status != InvoiceStatus.DRAFT:
         return invoice
+    _complete_credit_notes(invoice.tenant_id, now)  # issue 17: the credit Stripe applies at finalization
     period = f"{invoice.period_start:%Y-%m}"
     if invoice.stripe_invoice_id is None:
         try:
@@ -269,6 +270,17 @@ def finalize_in_stripe(invoice: Invoice, customer_id: str, *, now: datetime | No
     notifications.queue_invoice_issued(invoice, now=now)  # issue 18: in this transaction, never raises
     db.session.commit()
     return invoice
+
+
+def _complete_credit_notes(tenant_id: int, now: datetime) -> None:
+    """Finish the tenant's credit notes Stripe has not confirmed, so its credit balance is whole; never raises."""
+    from app.services import credits
+
+    try:
+        credits.resume_pending(tenant_id=tenant_id, now=now)
+    except Exception:  # noqa: BLE001 - Stripe applies whatever balance it has; the invoice goes on
+        db.session.rollback()
+        log.exception("could not complete the pending credit notes of tenant %s", tenant_id)
 
 
 def _charge_due(invoice: Invoice, now: datetime) -> bool:
@@ -548,19 +560,28 @@ class BillingStatus:
     currency: str
     next_invoice_date: date
     invoices: list[Invoice] = field(default_factory=list)
+    credit_balance: int = 0  # issue 17: account credit that pays the next invoices before the card
 
 
 def billing_status(tenant: Tenant, *, now: datetime | None = None, limit: int = 6) -> BillingStatus:
     """A tenant's billing status: plan, balance of open invoices, next invoice date, last invoices."""
     now = now or utcnow()
-    balance = db.session.scalar(
-        select(func.coalesce(func.sum(Invoice.amount_due - Invoice.amount_paid), 0))
-        .where(Invoice.tenant_id == tenant.id, Invoice.status == InvoiceStatus.OPEN)) or 0
+    balance = open_balance(tenant.id)
     invoices = list(db.session.scalars(
         select(Invoice).where(Invoice.tenant_id == tenant.id, Invoice.status != InvoiceStatus.DRAFT)
         .order_by(Invoice.period_start.desc(), Invoice.id.desc()).limit(limit)))
     today = clock.today(now)
     _first, last = clock.month_bounds(today.year, today.month)
     plan = tenant.plan_obj
+    from app.services.credits import credit_balance
+
     return BillingStatus(tenant=tenant, plan=plan, balance_due=max(int(balance), 0), currency=plan.currency,
-                         next_invoice_date=last + timedelta(days=1), invoices=invoices)
+                         next_invoice_date=last + timedelta(days=1), invoices=invoices,
+                         credit_balance=max(0, credit_balance(tenant.id)))
+
+
+def open_balance(tenant_id: int) -> int:
+    """What a tenant still owes on its open invoices, after credits (app.models.owed)."""
+    return int(db.session.scalar(
+        select(func.coalesce(func.sum(owed(Invoice)), 0))
+        .where(Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN)) or 0)

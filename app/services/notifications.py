@@ -219,8 +219,9 @@ def _invoice_context(invoice: Invoice, now: datetime) -> dict[str, Any]:
 
 
 def invoice_balance(invoice: Invoice) -> int:
-    """What is still owed on an invoice (amount_due − amount_paid, never negative)."""
-    return max(0, (invoice.amount_due or 0) - (invoice.amount_paid or 0))
+    """What is still owed on an invoice (after payments and credits, app.models.owed; never negative)."""
+    return max(0, (invoice.amount_due or 0) - (invoice.amount_paid or 0) - (invoice.amount_credited or 0)
+               - (invoice.balance_applied or 0))
 
 
 def notify_payment_failed(invoice, *, now: datetime | None = None) -> None:

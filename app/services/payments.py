@@ -130,6 +130,9 @@ def apply_stripe_invoice(invoice: Invoice, stripe_invoice: Any, *, now: datetime
     hosted = _field(stripe_invoice, "hosted_invoice_url")
     if hosted and invoice.hosted_invoice_url != hosted:
         put("hosted_invoice_url", hosted)
+    ending = _field(stripe_invoice, "ending_balance")
+    if ending is not None:  # finalized: the customer credit Stripe applied to it (issue 17; a debit is not ours)
+        put("balance_applied", max(0, int(ending) - int(_field(stripe_invoice, "starting_balance", 0))))
 
     try:
         new = InvoiceStatus(_field(stripe_invoice, "status", ""))

@@ -1,15 +1,12 @@
 """What finance reads: the revenue report and the invoice exports (CONTRACT §8.4).
 
 Set-based throughout, whatever the number of tenants:
-- `revenue_report`: ONE statement — UNION ALL of four GROUP BYs over invoices (and fee lines): invoiced and
-  tenants per period, recurring fees per period, money collected per calendar month of payment, and the open
-  balance per aging bucket, each per currency. Months are billing-zone months, turned into UTC ranges here,
-  so the SQL is the same on PostgreSQL and SQLite;
+- `revenue_report`: ONE statement — UNION ALL of five GROUP BYs, each per currency: invoiced and tenants per
+  period, recurring fees per period (fee lines), money collected per calendar month of payment, credit notes
+  issued per month, and what is still owed (after credits, app.models.owed) per aging bucket. Months are
+  billing-zone months, turned into UTC ranges here, so the SQL is the same on PostgreSQL and SQLite;
 - `invoice_rows` / `invoice_line_rows`: one statement each, read through a server-side cursor (`yield_per`),
   so an export of any size holds one batch of rows in memory.
-
-Credit notes (`credit_notes`, CONTRACT §8) do not exist yet: `credited` and `amount_credited` are 0 and each
-is one query to add (`_credited_by_month`, `_invoice_credited`).
 """
 from __future__ import annotations
 
@@ -24,7 +21,7 @@ from typing import Any
 from sqlalchemy import String, and_, case, func, literal, or_, select, union_all
 
 from app.extensions import db
-from app.models import Invoice, InvoiceLine, InvoiceStatus, Tenant, utcnow
+from app.models import CreditNote, CreditNoteStatus, Invoice, InvoiceLine, InvoiceStatus, Tenant, owed, utcnow
 from app.services import clock
 
 DEFAULT_MONTHS = 12
@@ -137,24 +134,31 @@ def revenue_report(months: int = DEFAULT_MONTHS, currency: str | None = None, *,
                  .where(i.c.status == InvoiceStatus.PAID.value, i.c.paid_at >= starts_utc[0],
                         i.c.paid_at < starts_utc[-1])
                  .group_by(i.c.currency, paid_month))
+    cn = CreditNote.__table__
+    credit_month = paid_index(cn.c.issued_at).label("bucket")
+    credited = (select(literal("credited", String), cn.c.currency, credit_month, func.sum(cn.c.amount),
+                       func.count())
+                .where(cn.c.status == CreditNoteStatus.ISSUED.value, cn.c.issued_at >= starts_utc[0],
+                       cn.c.issued_at < starts_utc[-1])
+                .group_by(cn.c.currency, credit_month))
     aging = _aging_index(i.c.due_at, today, tz).label("bucket")
-    owed = case((i.c.amount_due > i.c.amount_paid, i.c.amount_due - i.c.amount_paid), else_=0)
-    open_ = (select(literal("open", String), i.c.currency, aging, func.sum(owed), func.count())
+    still_owed = case((owed(i.c) > 0, owed(i.c)), else_=0)  # after credits (issue 17)
+    open_ = (select(literal("open", String), i.c.currency, aging, func.sum(still_owed), func.count())
              .where(i.c.status == InvoiceStatus.OPEN.value).group_by(i.c.currency, aging))
 
     sums: dict[str, dict[str, dict[int, tuple[int, int]]]] = {}
-    for kind, cur, bucket, amount, count in db.session.execute(union_all(invoiced, recurring, collected, open_)):
+    statement = union_all(invoiced, recurring, collected, credited, open_)
+    for kind, cur, bucket, amount, count in db.session.execute(statement):
         sums.setdefault(cur, {}).setdefault(kind, {})[int(bucket)] = (int(amount or 0), int(count or 0))
     currencies = sorted(sums)
     chosen = (currency or _busiest(sums) or "usd").lower()
     figures = sums.get(chosen, {})
-    credited = _credited_by_month(chosen, starts_utc)
 
     def get(kind: str, n: int) -> tuple[int, int]:
         return figures.get(kind, {}).get(n, (0, 0))
 
     rows = [MonthFigures(month=f"{y:04d}-{m:02d}", invoiced=get("invoiced", n)[0], collected=get("collected", n)[0],
-                         credited=credited.get(n, 0), recurring=get("recurring", n)[0],
+                         credited=get("credited", n)[0], recurring=get("recurring", n)[0],
                          tenants_invoiced=get("invoiced", n)[1])
             for n, (y, m) in enumerate(keys)]
     outstanding = sum(amount for amount, _n in figures.get("open", {}).values())
@@ -188,15 +192,6 @@ def _busiest(sums: dict[str, dict[str, dict[int, tuple[int, int]]]]) -> str | No
     return max(sorted(sums), key=weight, default=None)
 
 
-def _credited_by_month(currency: str, starts_utc: list[datetime]) -> dict[int, int]:
-    """Credit notes issued per month (index into the report's months): none until credit_notes exists.
-
-    The query to add: Σ credit_notes.amount joined to invoices for the currency, grouped by the same CASE over
-    credit_notes.created_at as `collected` uses over paid_at.
-    """
-    return {}
-
-
 def _dso(outstanding: int, months: list[MonthFigures], firsts: list[date]) -> Decimal | None:
     invoiced = sum(m.invoiced for m in months)
     if invoiced <= 0:
@@ -212,17 +207,12 @@ def period_bounds(period: str) -> tuple[date, date]:
     return clock.month_bounds(*clock.parse_period(period))
 
 
-def _invoice_credited():
-    """Σ credit notes of each invoice: 0 until credit_notes exists (then one correlated sum on invoice_id)."""
-    return literal(0)
-
-
 def invoice_rows(period: str) -> Iterator[tuple]:
     """Every issued invoice of a period (drafts have no number yet), in number order, as INVOICE_CSV_HEADER rows."""
     first, _last = period_bounds(period)
     i, t = Invoice.__table__, Tenant.__table__
     stmt = (select(i.c.number, i.c.tenant_id, t.c.name, i.c.period_start, i.c.period_end, i.c.currency,
-                   i.c.amount_due, i.c.amount_paid, _invoice_credited(), i.c.status, i.c.issued_at, i.c.paid_at)
+                   i.c.amount_due, i.c.amount_paid, i.c.amount_credited, i.c.status, i.c.issued_at, i.c.paid_at)
             .select_from(i.join(t, t.c.id == i.c.tenant_id))
             .where(i.c.period_start == first, i.c.status != InvoiceStatus.DRAFT.value)
             .order_by(i.c.number, i.c.id))

@@ -66,8 +66,12 @@ def index():
     query = TenantQuery.from_args(request.args)
     if htmx and htmx.target == "tenant-table" and not htmx.history_restore_request:
         # The page's month select travels with the request (hx-include on the tenants section): keep it.
-        return render_template("_partials/system_tenant_table.html", **_table_context(query),
-                               default_period=_asked_period() or billing_views.default_period())
+        resp = make_response(render_template("_partials/system_tenant_table.html", **_table_context(query),
+                                             default_period=_asked_period() or billing_views.default_period()))
+        # The address bar gets the view's canonical address (search, filters, sort, page; defaults left out),
+        # not the raw form with its empty fields and the month select: a view to bookmark or share.
+        resp.headers["HX-Push-Url"] = url_for("system_billing.index", **query.args())
+        return resp
     return render_template("system_billing/index.html", **_index_context(query))
 
 
