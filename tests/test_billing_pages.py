@@ -101,7 +101,7 @@ def test_lists_the_last_six_invoices_newest_first_plus_any_older_open_one(app, c
     assert "badge-open" in row and "$11.11" in row
     paid_row = row_html(html, re.search(r'id="(invoice-row-\d+)"', html).group(1))
     assert "badge-paid" in paid_row and "Aug 2, 2026" in paid_row
-    assert f'href="/admin/billing/invoices/' in paid_row
+    assert 'href="/admin/billing/invoices/' in paid_row
     assert "Invoices 1–6 of 9, newest first" in text_of_html(html)
 
 
