@@ -19,6 +19,7 @@ BENCHMARKS: list[str] = [
     "month_end",  # issue 8: month-end Stripe request rate under the shared rate limit vs the limit
     "month_end_e2e",  # issue 19: 2,000-tenant month-end at Stripe's live limit, wall time vs (requests ÷ limit)
     "entitlements",  # issue 16: GET /api/entitlements on one gunicorn worker, revalidated (304) and full reads
+    "reports",  # issue 18: revenue report (10,000 tenants × 12 months), CSV exports of 100,000 invoices
 ]
 
 
