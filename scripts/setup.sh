@@ -34,12 +34,15 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating virtualenv"
   python3 -m venv .venv
 fi
-stamp=".venv/.requirements.sha"
-sum="$(.venv/bin/python -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' requirements.txt)"
+# `run` needs the runtime packages only (requirements.txt, what a Procfile deploy installs); `test` adds the test tools.
+reqs=requirements.txt
+if [ "$MODE" = "test" ]; then reqs=requirements-dev.txt; fi
+stamp=".venv/.requirements-$MODE.sha"
+sum="$(cat requirements.txt "$reqs" | .venv/bin/python -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ]; then
   echo "==> installing Python packages"
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/pip install -q -r requirements.txt
+  .venv/bin/pip install -q -r "$reqs"
   echo "$sum" > "$stamp"
 fi
 
