@@ -83,6 +83,7 @@ def register_blueprints(app: Flask) -> None:
     from app.api.openapi import bp as openapi_bp
     from app.api.views import bp as api_bp
     from app.ops.views import bp as ops_bp
+    from app.auth import password  # noqa: F401 - its forgot / reset / invitation routes join the auth blueprint
     from app.auth.views import bp as auth_bp
     from app.billing.views import bp as billing_bp
     from app.integrations.views import bp as integrations_bp

@@ -1,15 +1,22 @@
-"""Thin RQ entry points: ids in, one service call. Job ids are deterministic and dash-style."""
+"""Thin RQ entry points: ids in, one service call.
+
+Queued jobs and the schedule name these functions by their dotted path (`app.jobs.invoice_tenant`), so a name
+never changes. app/queue.py builds the job ids and enqueues them; services never import this module.
+"""
 from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import os
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 
 from flask import has_app_context
 
-log = logging.getLogger(__name__)
+# Still imported from here by services/webhooks.py, services/billing_views.py, services/sweeper.py,
+# chaos/harness.py, tests/test_system_billing_pages.py and tests/test_notifications.py until they call
+# app/queue.py (issue 13, phase 2).
+from app.queue import enqueue_unique  # noqa: F401
+
 _worker_app = None
 
 
@@ -56,55 +63,11 @@ def _run(fn, args, kwargs):
         db.session.remove()
 
 
-def enqueue_unique(queue_name: str, func: str, *args, job_id: str, **options):
-    """Enqueue unless a job with this id is queued or running; a finished one is replaced. Returns the job."""
-    from rq.exceptions import DuplicateJobError, NoSuchJobError
-    from rq.job import Job
-
-    from app.extensions import rq
-
-    queue = rq.queue(queue_name)
-    options.setdefault("result_ttl", 3600)
-    options.setdefault("failure_ttl", 7 * 86400)
-    options.setdefault("job_timeout", 600)
-    for _ in range(3):
-        try:
-            return queue.enqueue(func, *args, job_id=job_id, unique=True, **options)
-        except DuplicateJobError:
-            try:
-                existing = Job.fetch(job_id, connection=rq.connection)
-            except NoSuchJobError:
-                continue
-            status = existing.get_status(refresh=True)
-            if status in ("queued", "started", "deferred", "scheduled"):
-                return existing
-            existing.delete()
-    raise RuntimeError(f"could not enqueue {job_id}")
-
-
-def enqueue_sync_customer(tenant_id: int) -> None:
-    """Queue creation of the tenant's Stripe customer (tenant creation never waits on Stripe)."""
-    try:
-        enqueue_unique("billing", "app.jobs.sync_customer", tenant_id, job_id=f"customer-sync-{tenant_id}")
-    except Exception:  # noqa: BLE001 - Redis down must not fail tenant creation; the nightly sync backfills
-        log.exception("could not queue Stripe customer creation for tenant %s", tenant_id)
-
-
 @job
 def sync_customer(tenant_id: int) -> str | None:
     from app.services.customers import ensure_customer
 
     return ensure_customer(tenant_id)
-
-
-def enqueue_customer_email(tenant_id: int) -> bool:
-    """Queue copying the tenant's billing email to its Stripe customer; False when the queue is unreachable."""
-    try:
-        enqueue_unique("billing", "app.jobs.sync_customer_email", tenant_id, job_id=f"customer-email-{tenant_id}")
-    except Exception:  # noqa: BLE001 - Redis down must not fail the edit; the tenant is told to save again later
-        log.exception("could not queue the Stripe customer email update for tenant %s", tenant_id)
-        return False
-    return True
 
 
 @job
@@ -141,9 +104,9 @@ def rollup_one_day(day: str) -> int:
 @job
 def scheduler_heartbeat() -> None:
     """Record that the scheduler is alive (read by /healthz)."""
-    from app.extensions import rq
+    from app.queue import record_scheduler_heartbeat
 
-    rq.connection.set("servicepro:scheduler-heartbeat", datetime.now(timezone.utc).replace(tzinfo=None).isoformat(), ex=86400)
+    record_scheduler_heartbeat()
 
 
 # -- invoices and payments (app/services/invoicing.py, app/services/payments.py) --------------------------

@@ -18,6 +18,8 @@ import orjson
 import stripe
 from flask import current_app
 
+from app.stripe_objects import id_of
+
 log = logging.getLogger(__name__)
 
 
@@ -161,8 +163,7 @@ def update_customer_email(customer_id: str, email: str) -> None:
 def default_payment_method(customer_id: str) -> str | None:
     """The customer's default payment method id, or None."""
     cust = retrieve_customer(customer_id).to_dict()
-    pm = (cust.get("invoice_settings") or {}).get("default_payment_method")
-    return pm if isinstance(pm, str) or pm is None else pm.get("id")
+    return id_of((cust.get("invoice_settings") or {}).get("default_payment_method"))
 
 
 def attach_default_card(customer_id: str, payment_method: str, key: str) -> str:

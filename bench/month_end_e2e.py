@@ -21,19 +21,21 @@ from chaos.harness import ChaosRun
 TARGET = 1.25
 
 
-def drain_jobs(redis_url: str) -> tuple[int, float]:
-    """(drainer jobs run, seconds they ran in all) from RQ's finished registry of the webhooks queue."""
+def drain_jobs(redis_url: str, since: float) -> tuple[int, float]:
+    """(drainer jobs run, seconds they ran in all) since `since`, from RQ's finished registry of the webhooks queue."""
+    from datetime import datetime, timezone
+
     from redis import Redis
     from rq.job import Job
     from rq.registry import FinishedJobRegistry
 
     conn = Redis.from_url(redis_url)
     ids = [i for i in FinishedJobRegistry("webhooks", connection=conn).get_job_ids() if i.startswith("webhook-drain")]
-    busy = 0.0
-    for job in Job.fetch_many(ids, connection=conn):
-        if job is not None and job.started_at and job.ended_at:
-            busy += (job.ended_at - job.started_at).total_seconds()
-    return len(ids), busy
+    after = datetime.fromtimestamp(since, timezone.utc).replace(tzinfo=None)
+    runs = [(job.ended_at - job.started_at).total_seconds() for job in Job.fetch_many(ids, connection=conn)
+            if job is not None and job.started_at and job.ended_at
+            and job.started_at.replace(tzinfo=None) >= after]
+    return len(runs), sum(runs)
 
 
 def request_kind(method: str, path: str) -> str:
@@ -52,7 +54,7 @@ def collect(run: ChaosRun) -> None:
         "select case when attempts = 1 and processed_at = received_at then 'at_receipt' else status end, count(*) "
         "from webhook_events where received_at >= to_timestamp(:t) group by 1"), {"t": start}).all()))
     db.session.rollback()
-    run.e2e["drain_jobs"], run.e2e["drain_busy"] = drain_jobs(run.redis.url)
+    run.e2e["drain_jobs"], run.e2e["drain_busy"] = drain_jobs(run.redis.url, start)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args, _ = parser.parse_known_args(argv)
     ours = args.e2e_ours or round(args.e2e_limit * 0.96, 1)
     run = ChaosRun(tenants=args.e2e_tenants, workers=args.e2e_workers, chaos=False, stripe_rate_limit=ours,
-                   emulator_rate_limit=args.e2e_limit, timeout=3600, verbose=True, dunning=False, on_finish=collect)
+                   emulator_rate_limit=args.e2e_limit, timeout=3600, verbose=True, dunning=False, on_finish=collect,
+                   schedulers=1)
     report = run.run()
     if run.done_at is None:
         print(report.render(), file=sys.stderr)

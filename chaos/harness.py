@@ -18,7 +18,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from tests.support.services import SmtpSink, free_port, postgres_server, wait_port
+from tests.support.services import SmtpSink, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUES = ["billing", "webhooks", "default", "mail"]
@@ -45,6 +45,16 @@ class Report:
         lines += [f"CHAOS {k} {v}" for k, v in self.figures.items()]
         lines.append("CHAOS RESULT " + ("all invariants hold" if self.ok else "INVARIANTS BROKEN"))
         return "\n".join(lines)
+
+
+def delivery_attempts(outage_s: float, initial: float = 0.5, cap: float = 20.0) -> int:
+    """Delivery tries the emulator needs so that its retries (doubling from `initial`, capped) outlast an outage."""
+    attempts, waited, delay = 1, 0.0, initial
+    while waited < outage_s + 2 * cap:
+        waited += delay
+        delay = min(delay * 2, cap)
+        attempts += 1
+    return max(attempts, 30)
 
 
 class RestartableRedis:
@@ -76,6 +86,80 @@ class RestartableRedis:
         self.start()
 
 
+class RestartablePostgres:
+    """A throw-away PostgreSQL cluster (as tests/support/services.postgres_server) that can be restarted."""
+
+    def __init__(self) -> None:
+        from tests.support.services import _pg_bin
+
+        self.bindir = _pg_bin()
+        self.root = tempfile.mkdtemp(prefix="sp-chaos-pg-")
+        self.datadir = os.path.join(self.root, "data")
+        self.port = free_port()
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            import pwd
+
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                pw = pwd.getpwnam("nobody")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+            os.chmod(self.root, 0o755)
+            self.prefix = ["runuser", "-u", pw.pw_name, "--"]
+        self.env = dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8")
+        subprocess.run(self.prefix + [f"{self.bindir}/initdb", "-D", self.datadir, "-U", "postgres", "-A", "trust",
+                                      "-E", "UTF8", "--no-sync"], check=True, stdout=subprocess.DEVNULL, env=self.env)
+
+    @property
+    def base(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(self.prefix + [f"{self.bindir}/pg_ctl", "-D", self.datadir, *args], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
+
+    def start(self) -> None:
+        # Commits are acknowledged only once in the WAL (synchronous_commit=on, PostgreSQL's default), so a crash
+        # loses nothing that was answered — the tests' clusters turn that off. fsync stays off: the restart here
+        # kills the server, not the machine, so what reached the kernel survives.
+        opts = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                f"-c synchronous_commit=on -c full_page_writes=off -c max_connections=200 -c shared_buffers=256MB")
+        self._ctl("-o", opts, "-l", os.path.join(self.root, "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._ctl("-m", mode, "-w", "stop")
+
+    def restart(self, down_s: float = 3.0) -> None:
+        """Stop (ending every connection, as a crash or a failover does), stay down a moment, start again."""
+        self.stop("immediate")
+        time.sleep(down_s)
+        self.start()
+
+    def close(self) -> None:
+        try:
+            self.stop("immediate")
+        except subprocess.CalledProcessError:
+            pass
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _while_db_is_up(read: Callable, default):
+    """The harness's own reading of the database, or `default` while PostgreSQL is restarting."""
+    from sqlalchemy.exc import DBAPIError
+
+    from app.extensions import db
+
+    try:
+        return read()
+    except DBAPIError:
+        db.session.rollback()
+        db.session.remove()
+        return default
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL a worker and its work horse (RQ's horse runs in its own session)."""
     children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
@@ -90,7 +174,9 @@ class ChaosRun:
     def __init__(self, tenants: int = 1000, workers: int = 3, seed: int = 7, timeout: float = 1800.0,
                  kills: int | None = None, verbose: bool = True, chaos: bool = True,
                  stripe_rate_limit: float = 25, emulator_rate_limit: float | None = None,
-                 dunning: bool = True, on_finish: Callable[[ChaosRun], None] | None = None) -> None:
+                 dunning: bool = True, on_finish: Callable[[ChaosRun], None] | None = None,
+                 stripe_outage_s: float = 60.0, endpoint_outage_s: float = 300.0, pg_restart: bool = True,
+                 schedulers: int = 2) -> None:
         self.n_tenants, self.n_workers, self.timeout = tenants, workers, timeout
         self.rng = random.Random(seed)
         self.max_kills = kills if kills is not None else max(3, min(12, tenants // 80))
@@ -103,6 +189,14 @@ class ChaosRun:
         self.emulator_rate_limit = emulator_rate_limit
         self.dunning = dunning
         self.on_finish = on_finish  # called with every service still up, after the invariants were checked
+        # The harder faults (issue 19), each once, at a point of the run given by the share of tenants settled.
+        self.stripe_outage_s = stripe_outage_s if chaos else 0.0
+        self.endpoint_outage_s = endpoint_outage_s if chaos else 0.0
+        self.pg_restart = pg_restart and chaos
+        self.n_schedulers = schedulers
+        self.schedulers: list[subprocess.Popen] = []
+        self.faults_done: dict[str, float] = {}  # fault → when it ended (monotonic)
+        self.fault_log: list[str] = []
         self._requests: dict[tuple, dict] = {}
         self._requests_polled = 0.0
         self.invoices_final_at: float | None = None
@@ -114,6 +208,7 @@ class ChaosRun:
         self.workers: list[subprocess.Popen] = []
         self.killed: set[subprocess.Popen] = set()
         self.exits = 0
+        self.scheduler_exits = 0
 
     def log(self, msg: str) -> None:
         if self.verbose:
@@ -177,8 +272,10 @@ class ChaosRun:
     def run(self) -> Report:
         with ExitStack() as stack:
             self.logdir = tempfile.mkdtemp(prefix="sp-chaos-logs-")
-            pg_base, _ = stack.enter_context(postgres_server())
-            self._create_db(pg_base)
+            self.pg = RestartablePostgres()
+            stack.callback(self.pg.close)
+            self.pg.start()
+            self._create_db(self.pg.base)
             self.redis = RestartableRedis()
             self.redis.start()
             stack.callback(self.redis.stop)
@@ -190,23 +287,25 @@ class ChaosRun:
 
             self.emu = EmulatorProcess(webhook_url=f"{self.web_url}/webhooks/stripe")
             stack.callback(self.emu.stop)
-            # Stripe retries a failed delivery for days; give the emulator a comparable patience here.
-            self.emu.set_webhook(f"{self.web_url}/webhooks/stripe", self.emu.webhook_secret, max_attempts=30,
-                                 backoff_initial=0.5, backoff_max=20)
+            # Stripe retries a failed delivery for three days; the emulator's patience must outlast the endpoint's
+            # outage: 0.5 s doubling to 20 s between tries, for max_attempts tries in all.
+            self.emu.set_webhook(f"{self.web_url}/webhooks/stripe", self.emu.webhook_secret,
+                                 max_attempts=delivery_attempts(self.endpoint_outage_s), backoff_initial=0.5,
+                                 backoff_max=20)
             self.rate_limit = self.stripe_rate_limit  # our shared budget (Stripe: 25/s test mode, 100/s live)
             self.app = self._make_app()
             stack.enter_context(self.app.app_context())
             self._setup_data()
-            web = subprocess.Popen([str(ROOT / ".venv/bin/gunicorn") if (ROOT / ".venv/bin/gunicorn").exists()
-                                    else "gunicorn", "--bind", f"127.0.0.1:{web_port}", "--workers", "2",
-                                    "--threads", "8", "app:create_app()"], cwd=ROOT, env=self.env(),
-                                   stdout=open(os.path.join(self.logdir, "web.log"), "a"), stderr=subprocess.STDOUT)
-            self.web = web
-            stack.callback(lambda: (web.terminate(), web.wait(20)))
-            wait_port(web_port)
+            self.web_port = web_port
+            self.start_web()
+            stack.callback(self.stop_web)
             for _ in range(self.n_workers):
                 self.start_worker()
             stack.callback(self._stop_workers)
+            self.schedulers_started_at = time.monotonic()
+            for _ in range(self.n_schedulers):  # at once: their start-up reconciliations race
+                self.start_scheduler()
+            stack.callback(self._stop_schedulers)
             self._quiet_after_setup()
             started = time.monotonic()
             self._chaos_phase()
@@ -219,6 +318,38 @@ class ChaosRun:
             self.report.figures["duration_s"] = f"{time.monotonic() - started:.1f}"
             self.report.figures["logs"] = self.logdir
         return self.report
+
+    def start_web(self) -> None:
+        gunicorn = str(ROOT / ".venv/bin/gunicorn") if (ROOT / ".venv/bin/gunicorn").exists() else "gunicorn"
+        self.web = subprocess.Popen([gunicorn, "--bind", f"127.0.0.1:{self.web_port}", "--workers", "2",
+                                     "--threads", "8", "app:create_app()"], cwd=ROOT, env=self.env(),
+                                    stdout=open(os.path.join(self.logdir, "web.log"), "a"), stderr=subprocess.STDOUT)
+        wait_port(self.web_port, timeout=60)
+
+    def stop_web(self) -> None:
+        if self.web.poll() is None:
+            self.web.terminate()
+            try:
+                self.web.wait(30)
+            except subprocess.TimeoutExpired:
+                kill_tree(self.web.pid)
+
+    def start_scheduler(self) -> subprocess.Popen:
+        log = open(os.path.join(self.logdir, f"scheduler-{len(self.schedulers)}.log"), "a")
+        proc = subprocess.Popen([sys.executable, "scheduler.py", "--interval", "5"], cwd=ROOT, env=self.env(),
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.schedulers.append(proc)
+        return proc
+
+    def _stop_schedulers(self) -> None:
+        for proc in self.schedulers:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.schedulers:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
     def _stop_workers(self) -> None:
         for w in self.workers:
@@ -322,6 +453,31 @@ class ChaosRun:
 
     # -- phases ------------------------------------------------------------------------------------------
 
+    def _check_schedule(self, conn: Redis) -> None:
+        """Two schedulers started at once: one schedule (no entry twice, none missing), each tick fired once."""
+        from rq_scheduler import Scheduler
+
+        from app.schedule import SCHEDULE
+
+        ids = Counter(job.id for job in Scheduler(connection=conn).get_jobs())
+        wanted = {p.id for p in SCHEDULE}
+        beats: list[datetime] = []
+        for name in os.listdir(self.logdir):
+            if name.startswith("worker-"):
+                with open(os.path.join(self.logdir, name), errors="replace") as f:
+                    for line in f:
+                        if "(scheduler-heartbeat)" in line and ": default: app.jobs.scheduler_heartbeat" in line:
+                            beats.append(datetime.strptime(line[:16], "%Y-%m-%d %H:%M"))
+        # The heartbeat is due every minute: two schedulers that both fired would have run it about twice as often.
+        # Runs wait in the default queue behind month-end work and then come in a burst, so count them against
+        # the minutes the schedulers have been up rather than minute by minute.
+        minutes = int((time.monotonic() - self.schedulers_started_at) // 60)
+        self.report.check("one_schedule_each_tick_fired_once",
+                          set(ids) == wanted and max(ids.values()) == 1 and len(beats) <= minutes + 1
+                          and (bool(beats) or minutes < 2),
+                          f"{len(ids)} scheduled jobs for {len(wanted)} declared, {self.n_schedulers} schedulers "
+                          f"started at once; the minutely heartbeat ran {len(beats)} times in {minutes} minutes")
+
     def _conn(self) -> Redis:
         return Redis.from_url(self.redis.url, socket_connect_timeout=2, socket_timeout=5)
 
@@ -341,6 +497,9 @@ class ChaosRun:
 
     def _progress(self) -> tuple[int, int]:
         """(tenants settled, tenants total): settled = invoice paid, or open with a finished failed attempt."""
+        return _while_db_is_up(self._count_settled, (0, self.n_tenants))
+
+    def _count_settled(self) -> tuple[int, int]:
         from app.extensions import db
 
         settled = db.session.scalar(db.text("""
@@ -379,13 +538,19 @@ class ChaosRun:
         self.start_worker()
 
     def _supervise(self) -> None:
-        """Restart workers that exited on their own, as a process manager would."""
+        """Restart workers and schedulers that exited on their own, as a process manager would."""
         for w in list(self.workers):
             if w.poll() is not None and w not in self.killed:
                 self.killed.add(w)
                 self.exits += 1
                 self.log(f"worker pid {w.pid} exited ({w.returncode}); restarting")
                 self.start_worker()
+        for proc in list(self.schedulers):
+            if proc.poll() is not None and proc not in self.killed:
+                self.killed.add(proc)
+                self.scheduler_exits += 1
+                self.log(f"scheduler pid {proc.pid} exited ({proc.returncode}); restarting")
+                self.start_scheduler()
 
     def _watch_redrives(self) -> None:
         from rq.job import Job
@@ -409,6 +574,7 @@ class ChaosRun:
             # Stripe's limit at or a little above our budget (ours is the one that must hold).
             self.emu.set_faults(rate_limit_per_s=self.emulator_rate_limit or self.rate_limit + 1)
         self.measure_from = time.time()
+        self._t0 = time.monotonic()
         self.cpu_at_start = self.cpu_by_party()
         self.billing_drained_at: float | None = None
         self._tick()
@@ -440,6 +606,7 @@ class ChaosRun:
                 self.redis.restart()
                 self.redis_restarts += 1
                 restarted = True
+            self._harder_faults(settled / total)
             self._supervise()
             # Kills are spread over the run: the k-th one waits until k/(kills+1) of the tenants are settled.
             kill_due = settled >= total * self.kills / (self.max_kills + 1)
@@ -450,12 +617,56 @@ class ChaosRun:
                 self._tick()
                 next_tick = time.monotonic() + 5
                 self.log(f"progress {settled}/{total}, kills {self.kills}")
-            if settled >= total * 0.9 and self.kills >= self.max_kills and restarted:
+            faults_over = self.kills >= self.max_kills and restarted and self._harder_faults_over()
+            if faults_over and (settled >= total * 0.9 or self._harder_faults_over(quiet_s=30)):
                 break
         faults = self.emu.faults()
         self.emu.clear_faults()
         self.fault_counters = faults
         self.log(f"faults stopped: {faults}")
+
+    # -- the harder faults (issue 19) ---------------------------------------------------------------------
+
+    def _harder_faults(self, share: float) -> None:
+        """Start or end each harder fault when the run gets to it (by share of tenants settled, then by time)."""
+        now = time.monotonic()
+        started = getattr(self, "_fault_started", {})
+        self._fault_started = started
+        if self.stripe_outage_s and "stripe_outage" not in started and share >= 0.15:
+            self._fault("stripe_outage", f"Stripe down for {self.stripe_outage_s:.0f} s (every API request 500)")
+            self.emu.set_faults(error_rate=1.0)
+        if "stripe_outage" in started and "stripe_outage" not in self.faults_done \
+                and now - started["stripe_outage"] >= self.stripe_outage_s:
+            self.emu.set_faults(error_rate=0.03)
+            self._fault_over("stripe_outage", "Stripe is back")
+        if self.pg_restart and "pg_restart" not in started and share >= 0.45:
+            self._fault("pg_restart", "restarting PostgreSQL (every connection dropped, 3 s down)")
+            self.pg.restart()
+            self._fault_over("pg_restart", "PostgreSQL is back")
+        if self.endpoint_outage_s and "endpoint_outage" not in started and share >= 0.55:
+            self._fault("endpoint_outage", f"webhook endpoint down for {self.endpoint_outage_s:.0f} s (web stopped)")
+            self.stop_web()
+        if "endpoint_outage" in started and "endpoint_outage" not in self.faults_done \
+                and now - started["endpoint_outage"] >= self.endpoint_outage_s:
+            self.start_web()
+            self._fault_over("endpoint_outage", "webhook endpoint is back")
+
+    def _fault(self, name: str, what: str) -> None:
+        self._fault_started[name] = time.monotonic()
+        self.fault_log.append(f"{time.monotonic() - self._t0:.0f}s {what}")
+        self.log(what)
+
+    def _fault_over(self, name: str, what: str) -> None:
+        self.faults_done[name] = time.monotonic()
+        self.fault_log.append(f"{time.monotonic() - self._t0:.0f}s {what}")
+        self.log(what)
+
+    def _harder_faults_over(self, quiet_s: float = 0.0) -> bool:
+        """Every harder fault this run injects has happened and ended (at least quiet_s ago)."""
+        wanted = [name for name, on in (("stripe_outage", self.stripe_outage_s), ("pg_restart", self.pg_restart),
+                                        ("endpoint_outage", self.endpoint_outage_s)) if on]
+        now = time.monotonic()
+        return all(name in self.faults_done and now - self.faults_done[name] >= quiet_s for name in wanted)
 
     def _quiet_after_setup(self, timeout: float = 300.0) -> None:
         """Let the set-up's own Stripe events (customers, cards) be delivered and processed before month-end."""
@@ -489,6 +700,9 @@ class ChaosRun:
 
     def _webhooks_done(self) -> bool:
         """Every event Stripe created so far was delivered and its row processed (or ignored)."""
+        return _while_db_is_up(self._all_webhooks_processed, False)
+
+    def _all_webhooks_processed(self) -> bool:
         from app.extensions import db
 
         hooks = self.emu.webhook_status()
@@ -515,6 +729,9 @@ class ChaosRun:
                    for q in QUEUES)
 
     def _settled(self) -> bool:
+        return _while_db_is_up(self._all_settled, False)
+
+    def _all_settled(self) -> bool:
         from app.extensions import db
 
         settled, total = self._progress()
@@ -619,11 +836,22 @@ class ChaosRun:
                 f"started {stuck}, queued {queued}")
         db.session.rollback()
 
+        if self.n_schedulers:
+            self._check_schedule(conn)
         f = getattr(self, "fault_counters", {}) or {}
         counters = f.get("counters", f)
         r.faults = {"worker_kills": self.kills, "worker_exits": self.exits, "redis_restarts": self.redis_restarts,
+                    "pg_restarts": int("pg_restart" in self.faults_done),
+                    "stripe_outage_s": round(self.stripe_outage_s) if "stripe_outage" in self.faults_done else 0,
+                    "endpoint_outage_s": round(self.endpoint_outage_s) if "endpoint_outage" in self.faults_done else 0,
+                    "schedulers": self.n_schedulers, "scheduler_exits": self.scheduler_exits,
                     "http_500": counters.get("errors_500", 0), "http_429": counters.get("rate_limited_429", 0),
                     "disconnects": counters.get("disconnects", 0)}
+        hooks = self.emu.webhook_status()
+        r.figures["webhook_deliveries"] = (f"{hooks.get('delivered', 0)} delivered, {hooks.get('retries', 0)} retries, "
+                                           f"{hooks.get('failed', 0)} given up")
+        if self.fault_log:
+            r.figures["fault_timeline"] = "; ".join(self.fault_log)
         if self.redrive_times:
             r.figures["redrive_after_kill_s"] = (f"median {statistics.median(self.redrive_times):.1f} "
                                                  f"max {max(self.redrive_times):.1f} (n={len(self.redrive_times)})")

@@ -1,21 +1,14 @@
-"""Helpers for the invoicing and payment tests: tenants with Stripe cards, usage, what the emulator saw."""
+"""Helpers for the invoicing and payment tests: usage, stored invoices and attempts, what the emulator saw."""
 from __future__ import annotations
 
 from datetime import date
 
-from app import stripe_gateway
 from app.extensions import db
-from app.models import Invoice, PaymentAttempt, Tenant, UsageRollupDaily
-from app.services.customers import ensure_customer
-from tests.factories import make_tenant
+from app.models import Invoice, PaymentAttempt, UsageRollupDaily
 
-
-def tenant_with_card(card: str = "pm_card_visa", plan: str = "starter", **fields) -> Tenant:
-    """A tenant with a Stripe customer whose default card is `card` (a Stripe test token)."""
-    tenant = make_tenant(plan=plan, **fields)
-    customer_id = ensure_customer(tenant.id)
-    stripe_gateway.attach_default_card(customer_id, card, key=f"test-card-{tenant.id}-{card}")
-    return tenant
+# test_billing_pages, test_emails_html, test_run_reasons, test_system_billing_pages and browser/test_billing_browser
+# still import the factory from here (issue 13, phase 2 drops this line).
+from tests.factories import tenant_with_card  # noqa: F401
 
 
 def add_usage(tenant_id: int, day: date, **quantities: int) -> None:

@@ -10,6 +10,7 @@ import re
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.factories import PASSWORD
 from tests.support.services import SmtpSink, postgres_server, redis_server
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key")
@@ -146,6 +147,11 @@ def client(app):
 
 
 @pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
 def plans(app):
     from app.services.seed import seed_plans
 
@@ -159,7 +165,8 @@ def csrf_from(html: str) -> str:
     return m.group(1)
 
 
-def login(client, email: str, password: str = "correct-horse-battery"):
+def login(client, email: str, password: str = PASSWORD):
+    """Sign a test client in through the login form (any client; most tests use the `auth` fixture)."""
     page = client.get("/login")
     token = csrf_from(page.get_data(as_text=True))
     return client.post("/login", data={"email": email, "password": password, "csrf_token": token})
@@ -167,6 +174,24 @@ def login(client, email: str, password: str = "correct-horse-battery"):
 
 def page_csrf(client, path: str = "/admin/usage") -> str:
     return csrf_from(client.get(path).get_data(as_text=True))
+
+
+class AuthActions:
+    """Sign the test client in and out the way a person does (the Flask tutorial's `auth`)."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+
+    def login(self, email: str, password: str = PASSWORD):
+        return login(self._client, email, password)
+
+    def logout(self):
+        return self._client.post("/logout", data={"csrf_token": page_csrf(self._client, "/login")})
+
+
+@pytest.fixture
+def auth(client) -> AuthActions:
+    return AuthActions(client)
 
 
 @pytest.fixture
@@ -188,6 +213,30 @@ def live_server(app):
     finally:
         server.shutdown()
         thread.join(5)
+
+
+@pytest.fixture
+def fast_stripe_retries(monkeypatch):
+    """stripe-python's network retries without their real back-off (a Stripe outage test waits less)."""
+    from stripe._http_client import HTTPClient
+
+    monkeypatch.setattr(HTTPClient, "INITIAL_DELAY", 0.02)
+    monkeypatch.setattr(HTTPClient, "MAX_DELAY", 0.1)
+
+
+@pytest.fixture
+def hook(app, emulator, live_server):
+    """Call to make the emulator deliver its events to the running app's /webhooks/stripe (app's secret)."""
+    url = f"{live_server}/webhooks/stripe"
+
+    def enable() -> str:
+        emulator.set_webhook(url, app.config["STRIPE_WEBHOOK_SECRET"], backoff_initial=0.05, backoff_max=0.2)
+        return url
+
+    try:
+        yield enable
+    finally:
+        emulator.set_webhook(None)
 
 
 def run_jobs(queues: tuple[str, ...] = ("billing", "webhooks", "default", "mail")) -> None:

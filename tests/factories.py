@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timezone
+from datetime import date, datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo
 
+from app import stripe_gateway
 from app.extensions import db
-from app.models import Role, Tenant
+from app.models import Invoice, InvoiceStatus, Role, Tenant
+from app.services import invoicing
+from app.services.customers import ensure_customer
 from app.services.tenants import create_user, issue_api_key, slugify
 
 PASSWORD = "correct-horse-battery"
@@ -44,3 +48,41 @@ def make_api_key(tenant: Tenant) -> str:
 
 def utc(*args) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)
+
+
+def at(day: date, hour: int = 10, tz: str = "UTC") -> datetime:
+    """An aware UTC instant on a calendar day in the given zone."""
+    return datetime.combine(day, time(hour), tzinfo=ZoneInfo(tz)).astimezone(timezone.utc)
+
+
+def tenant_with_card(card: str = "pm_card_visa", plan: str = "starter", **fields) -> Tenant:
+    """A tenant with a Stripe customer whose default card is `card` (a Stripe test token)."""
+    tenant = make_tenant(plan=plan, **fields)
+    customer_id = ensure_customer(tenant.id)
+    stripe_gateway.attach_default_card(customer_id, card, key=f"test-card-{tenant.id}-{card}")
+    return tenant
+
+
+def make_invoice(tenant: Tenant, issued: date | datetime, *, amount: int = 4900, status: str = InvoiceStatus.OPEN,
+                 number: str | None = None, stripe_invoice_id: str | None = None, amount_paid: int = 0) -> Invoice:
+    """An issued invoice row for the month before `issued`, due on its issue instant (no Stripe needed)."""
+    issued_at = issued if isinstance(issued, datetime) else at(issued)
+    month_end = issued_at.date().replace(day=1) - timedelta(days=1)
+    inv = Invoice(tenant_id=tenant.id, period_start=month_end.replace(day=1), period_end=month_end,
+                  plan_code=tenant.plan, amount_due=amount, amount_paid=amount_paid, currency="usd",
+                  status=status, number=number or f"SP-{tenant.id}-{month_end:%Y%m}",
+                  stripe_invoice_id=stripe_invoice_id, issued_at=issued_at, due_at=issued_at)
+    if status == InvoiceStatus.PAID:
+        inv.paid_at, inv.amount_paid = issued_at, amount
+    db.session.add(inv)
+    db.session.commit()
+    return inv
+
+
+def open_invoice_in_stripe(tenant: Tenant, year: int, month: int, *, now) -> Invoice:
+    """Generate the tenant's invoice for a month and finalize it in Stripe WITHOUT charging it (open on both sides)."""
+    customer_id = tenant.stripe_customer_id or ensure_customer(tenant.id)
+    invoice = invoicing.generate_invoice(tenant.id, year, month, now=now)
+    invoicing.finalize_in_stripe(invoice, customer_id, now=now)
+    db.session.refresh(invoice)
+    return invoice

@@ -12,8 +12,8 @@ from app.models import AuditLog, Invoice, Tenant
 from app.services.admin_actions import (ActionError, exempt_tenant, mark_paid_out_of_band, retry_payment_now,
                                         void_invoice)
 from app.services.dunning import run_pass
-from tests.factories import make_root, make_tenant
-from tests.test_dunning import at, make_invoice, outbox, stage_of
+from tests.factories import at, make_invoice, make_root, make_tenant
+from tests.test_dunning import outbox, stage_of
 
 ISSUE = date(2026, 3, 2)
 

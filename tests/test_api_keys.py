@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import ApiKey, AuditLog, utcnow
-from tests.conftest import login, page_csrf
+from tests.conftest import page_csrf
 from tests.factories import admin_email, make_api_key, make_tenant
 
 
@@ -22,11 +22,11 @@ def key_row(plaintext_prefix: str) -> ApiKey:
                               .execution_options(populate_existing=True)).scalar_one()
 
 
-def test_tenant_admin_revokes_a_key_and_it_is_refused_at_once(app, client, plans):
+def test_tenant_admin_revokes_a_key_and_it_is_refused_at_once(app, client, auth, plans):
     tenant = make_tenant("Acme Plumbing")
     leaked, spare = make_api_key(tenant), make_api_key(tenant)
     assert entitlements(app, tenant, leaked).status_code == 200
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     page = client.get("/admin/api-keys").get_data(as_text=True)
     leaked_id = key_row(leaked).id
     action = f"/admin/api-keys/{leaked_id}/revoke"
@@ -50,10 +50,10 @@ def test_tenant_admin_revokes_a_key_and_it_is_refused_at_once(app, client, plans
     assert key_row(leaked).revoked_at == first_time
 
 
-def test_another_tenants_key_cannot_be_revoked(app, client, plans):
+def test_another_tenants_key_cannot_be_revoked(app, client, auth, plans):
     mine, theirs = make_tenant(), make_tenant()
     their_key = make_api_key(theirs)
-    login(client, admin_email(mine))
+    auth.login(admin_email(mine))
     resp = client.post(f"/admin/api-keys/{key_row(their_key).id}/revoke",
                        data={"csrf_token": page_csrf(client, "/admin/api-keys")})
     assert resp.status_code == 404
@@ -61,7 +61,7 @@ def test_another_tenants_key_cannot_be_revoked(app, client, plans):
     assert entitlements(app, theirs, their_key).status_code == 200
 
 
-def test_last_used_is_recorded_at_most_once_a_minute_and_shown(app, client, plans):
+def test_last_used_is_recorded_at_most_once_a_minute_and_shown(app, client, auth, plans):
     from app.services.tenants import use_api_key
 
     tenant = make_tenant()
@@ -76,7 +76,7 @@ def test_last_used_is_recorded_at_most_once_a_minute_and_shown(app, client, plan
     assert use_api_key(key, now=first + timedelta(seconds=61)) is not None
     assert key_row(key).last_used_at == first + timedelta(seconds=61)
 
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     page = client.get("/admin/api-keys").get_data(as_text=True)
     shown = (first + timedelta(seconds=61)).strftime("%Y-%m-%d %H:%M UTC")
     assert shown in page and key[:12] in page

@@ -8,7 +8,6 @@ import pytest
 from app.extensions import db
 from app.models import Invoice, InvoiceLine
 from app.services.clock import month_bounds
-from tests.conftest import login
 from tests.factories import admin_email, make_root, make_tenant, utc
 
 URL = "/api/admin/billing/customer"
@@ -43,9 +42,9 @@ def two_tenants(app, plans):
     return mine, theirs
 
 
-def test_tenant_admin_sees_their_billing_status(client, two_tenants):
+def test_tenant_admin_sees_their_billing_status(client, auth, two_tenants):
     mine, _theirs = two_tenants
-    login(client, admin_email(mine))
+    auth.login(admin_email(mine))
     resp = client.get(URL)
     assert resp.status_code == 200
     body = resp.get_json()
@@ -84,42 +83,42 @@ def test_next_invoice_date_is_the_first_of_next_month_in_the_billing_zone(app, p
         date(2026, 12, 1)
 
 
-def test_tenant_admin_passing_their_own_id_is_fine(client, two_tenants):
+def test_tenant_admin_passing_their_own_id_is_fine(client, auth, two_tenants):
     mine, _ = two_tenants
-    login(client, admin_email(mine))
+    auth.login(admin_email(mine))
     assert client.get(f"{URL}?tenant_id={mine.id}").get_json()["tenant"]["id"] == mine.id
 
 
-def test_tenant_admin_asking_for_another_tenant_gets_404(client, two_tenants):
+def test_tenant_admin_asking_for_another_tenant_gets_404(client, auth, two_tenants):
     mine, theirs = two_tenants
-    login(client, admin_email(mine))
+    auth.login(admin_email(mine))
     resp = client.get(f"{URL}?tenant_id={theirs.id}")
     assert resp.status_code == 404
     assert resp.get_json()["error"]["code"] == "not_found"
     assert "Theirs" not in resp.get_data(as_text=True)
 
 
-def test_restricted_tenant_can_still_read_its_billing_status(client, two_tenants):
+def test_restricted_tenant_can_still_read_its_billing_status(client, auth, two_tenants):
     mine, _ = two_tenants
     mine.dunning_stage = "restricted"
     db.session.commit()
-    login(client, admin_email(mine))
+    auth.login(admin_email(mine))
     resp = client.get(URL)
     assert resp.status_code == 200 and resp.get_json()["dunning_stage"] == "restricted"
 
 
-def test_root_admin_passes_tenant_id(client, two_tenants):
+def test_root_admin_passes_tenant_id(client, auth, two_tenants):
     _mine, theirs = two_tenants
     make_root()
-    login(client, "root@example.com")
+    auth.login("root@example.com")
     body = client.get(f"{URL}?tenant_id={theirs.id}").get_json()
     assert body["tenant"]["name"] == "Theirs Co" and body["balance_due"] == 777
     assert [i["number"] for i in body["invoices"]] == ["SP-2026-08-000002"]
 
 
-def test_root_admin_without_tenant_id_gets_422_and_unknown_tenant_404(client, two_tenants):
+def test_root_admin_without_tenant_id_gets_422_and_unknown_tenant_404(client, auth, two_tenants):
     make_root()
-    login(client, "root@example.com")
+    auth.login("root@example.com")
     resp = client.get(URL)
     assert resp.status_code == 422 and "tenant_id" in resp.get_json()["error"]["fields"]
     assert client.get(f"{URL}?tenant_id=999999").status_code == 404
@@ -132,9 +131,9 @@ def test_root_admin_without_tenant_id_gets_422_and_unknown_tenant_404(client, tw
     ("tenant_id=99999999999999999999999", "tenant_id"),
     ("colour=blue", "colour"),
 ])
-def test_bad_query_arguments_are_422_with_the_field(client, two_tenants, query, field):
+def test_bad_query_arguments_are_422_with_the_field(client, auth, two_tenants, query, field):
     mine, _ = two_tenants
-    login(client, admin_email(mine))
+    auth.login(admin_email(mine))
     resp = client.get(f"{URL}?{query}")
     assert resp.status_code == 422
     body = resp.get_json()["error"]

@@ -1,22 +1,19 @@
 """The CLI a newcomer and an operator use: tenants create, seed demo, and what they say when nothing happens."""
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import func, select
 
 from app import stripe_gateway
 from app.extensions import db
 from app.models import ApiKey, Invoice, Tenant, UsageEvent, UsageRollupDaily, User
-from tests.billing_support import tenant_with_card
-from tests.factories import make_tenant, utc
+from tests.factories import make_tenant, tenant_with_card, utc
 
 
 def count(model) -> int:
     return db.session.scalar(select(func.count()).select_from(model))
 
 
-def test_tenants_create_prints_the_key_once_and_refuses_bad_input(app, plans):
-    runner = app.test_cli_runner()
+def test_tenants_create_prints_the_key_once_and_refuses_bad_input(runner, plans):
     out = runner.invoke(args=["tenants", "create", "--name", "Zed Co", "--plan", "pro",
                               "--admin-email", "boss@zed.example.com", "--admin-password", "long-enough-pw"])
     assert out.exit_code == 0, out.output
@@ -28,8 +25,7 @@ def test_tenants_create_prints_the_key_once_and_refuses_bad_input(app, plans):
     assert count(Tenant) == 1
 
 
-def test_seed_demo_is_idempotent_and_gives_every_tenant_a_stripe_customer(app, emulator):
-    runner = app.test_cli_runner()
+def test_seed_demo_is_idempotent_and_gives_every_tenant_a_stripe_customer(runner, emulator):
     first = runner.invoke(args=["seed", "demo"])
     assert first.exit_code == 0, first.output
     assert "root@example.com" in first.output and "admin@dunmore-roofing.example.com" in first.output
@@ -54,22 +50,13 @@ UNREACHABLE = ("Error: Stripe is not reachable at http://127.0.0.1:9: start `pyt
                "or set STRIPE_SECRET_KEY")
 
 
-@pytest.fixture
-def fast_retries(monkeypatch):
-    """stripe-python's network retries without their real back-off."""
-    from stripe._http_client import HTTPClient
-
-    monkeypatch.setattr(HTTPClient, "INITIAL_DELAY", 0.02)
-    monkeypatch.setattr(HTTPClient, "MAX_DELAY", 0.1)
-
-
 def stripe_at(app, url: str) -> None:
     app.config["STRIPE_API_BASE"] = url
     app.extensions.pop("stripe_client", None)  # the gateway caches its client per app
 
 
-def test_seed_demo_with_stripe_unreachable_names_the_fix_and_keeps_the_local_data(app, emulator, fast_retries):
-    runner = app.test_cli_runner()
+def test_seed_demo_with_stripe_unreachable_names_the_fix_and_keeps_the_local_data(app, runner, emulator,
+                                                                                   fast_stripe_retries):
     stripe_at(app, "http://127.0.0.1:9")  # nothing listens there
     out = runner.invoke(args=["seed", "demo"])
     assert out.exit_code == 1
@@ -83,9 +70,8 @@ def test_seed_demo_with_stripe_unreachable_names_the_fix_and_keeps_the_local_dat
     assert count(Tenant) == 4 and count(Invoice) == 8
 
 
-def test_sync_customers_and_run_invoices_with_stripe_unreachable_say_one_line(app, plans, fast_retries):
+def test_sync_customers_and_run_invoices_with_stripe_unreachable_say_one_line(runner, plans, fast_stripe_retries):
     tenant = make_tenant(created_at=utc(2026, 1, 1))
-    runner = app.test_cli_runner()
     for args in (["billing", "sync-customers"], ["billing", "run-invoices", "--period", "2026-10"]):
         out = runner.invoke(args=args)
         assert out.exit_code == 1, out.output
@@ -97,10 +83,9 @@ def test_sync_customers_and_run_invoices_with_stripe_unreachable_say_one_line(ap
 
 # -- every "nothing happened" says why ---------------------------------------------------------------------------
 
-def test_run_invoices_counts_skips_per_reason(app, plans, emulator):
+def test_run_invoices_counts_skips_per_reason(runner, plans, emulator):
     early = tenant_with_card(created_at=utc(2026, 1, 1))
     late = tenant_with_card(created_at=utc(2026, 11, 2))
-    runner = app.test_cli_runner()
     first = runner.invoke(args=["billing", "run-invoices", "--period", "2026-10"])
     assert first.exit_code == 0, first.output
     assert "2026-10: invoiced 1 (paid 1), skipped 1 (created after the period 1), failed 0" in first.output

@@ -19,19 +19,13 @@ from app.extensions import db
 from app.models import AuditLog, CreditNote, Invoice, OutboxEmail, Tenant
 from app.services import credits, dunning, invoicing
 from app.services.credits import CreditError
-from tests.billing_support import charges_for, invoices_of, stripe_invoices, tenant_with_card
-from tests.factories import make_root, utc
+from tests.billing_support import charges_for, invoices_of, stripe_invoices
+from tests.factories import make_root, tenant_with_card, utc
+
+pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 
 EARLY = utc(2026, 8, 1)
 OCT, NOV = utc(2026, 11, 1, 1), utc(2026, 12, 1, 1)
-
-
-@pytest.fixture(autouse=True)
-def fast_stripe_retries(monkeypatch):
-    from stripe._http_client import HTTPClient
-
-    monkeypatch.setattr(HTTPClient, "INITIAL_DELAY", 0.01)
-    monkeypatch.setattr(HTTPClient, "MAX_DELAY", 0.02)
 
 
 def paid_invoice(plan: str = "starter") -> tuple[Tenant, Invoice]:

@@ -5,10 +5,12 @@ import pytest
 
 from app.models import AttemptStatus, InvoiceStatus
 from app.services import invoicing
-from tests.billing_support import attempts_of, charges_for, invoices_of, tenant_with_card
+from tests.billing_support import attempts_of, charges_for, invoices_of
 from tests.conftest import run_jobs
-from tests.factories import utc
-from tests.webhook_support import fast_stripe_retries, hook, outbox, reload  # noqa: F401
+from tests.factories import tenant_with_card, utc
+from tests.webhook_support import outbox, reload
+
+pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 
 NOW = utc(2026, 11, 1, 0, 30)
 EARLY = utc(2026, 9, 1)

@@ -21,8 +21,9 @@ from app.models import (BillingRun, Invoice, OutboxEmail, PaymentAttempt, Plan, 
 from app.services import clock
 from app.services.seed import DEMO_TENANTS, seed_demo, tick_time
 from tests.conftest import csrf_from, login, run_jobs
-from tests.webhook_support import fast_stripe_retries, hook  # noqa: F401, F811 - fixtures
 from tests.test_dunning_scenarios import Browser
+
+pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 
 PASSWORD = "demo-password"
 DECLINER = "dunmore-roofing"
@@ -165,12 +166,12 @@ def test_a_second_seed_changes_nothing_and_prints_the_same_logins(app, emulator)
     assert len(story) == 3 and story == [line for line in second.output.splitlines() if line in story]
 
 
-def test_run_all_for_last_month_invoices_every_demo_tenant_at_contract_amounts(app, client, emulator):
+def test_run_all_for_last_month_invoices_every_demo_tenant_at_contract_amounts(app, client, auth, emulator):
     now = clock.utcnow()
     seed_demo(PASSWORD, now=now)
     _history, last_month = months_of(clock.today(now))
     period = f"{last_month:%Y-%m}"
-    login(client, "root@example.com", PASSWORD)
+    auth.login("root@example.com", PASSWORD)
 
     page = client.get("/admin/system-billing").get_data(as_text=True)
     # Both month pickers start on the month that has work: last month.
@@ -198,7 +199,7 @@ def test_run_all_for_last_month_invoices_every_demo_tenant_at_contract_amounts(a
     assert re.search(rf'<select id="run-period" name="period">.*?<option value="{period}" selected>', page, re.S)
 
 
-def test_the_story_is_the_same_whether_webhooks_are_processed_or_not(app, emulator, hook):  # noqa: F811
+def test_the_story_is_the_same_whether_webhooks_are_processed_or_not(app, emulator, hook):
     hook()  # the emulator delivers every event of the seed to the running app, as in `make run`
     now = clock.utcnow()
     seed_demo(PASSWORD, now=now)

@@ -5,10 +5,12 @@ import pytest
 
 from app.models import InvoiceStatus
 from app.services import invoicing
-from tests.billing_support import charges_for, invoices_of, tenant_with_card
-from tests.conftest import login, run_jobs
-from tests.factories import make_root, utc
-from tests.webhook_support import fast_stripe_retries, hook, make_event, post_event, reload, stored_events  # noqa: F401
+from tests.billing_support import charges_for, invoices_of
+from tests.conftest import run_jobs
+from tests.factories import make_root, tenant_with_card, utc
+from tests.webhook_support import make_event, post_event, reload, stored_events
+
+pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 
 NOW = utc(2026, 11, 1, 0, 30)
 EARLY = utc(2026, 9, 1)
@@ -103,13 +105,14 @@ def test_a_dispute_stripe_does_not_know_is_ignored_not_retried(app, plans, emula
     assert (row.status, row.attempts) == ("ignored", 1) and "dp_from_elsewhere" in row.last_error
 
 
-def test_the_root_admin_sees_the_dispute_state_on_the_tenant_page(app, client, emulator, hook, two_equal_payments):
+def test_the_root_admin_sees_the_dispute_state_on_the_tenant_page(app, client, auth, emulator, hook,
+                                                                   two_equal_payments):
     (first, a), (second, b) = two_equal_payments
     hook()
     dispute(emulator, b.stripe_invoice_id)
     deliver(emulator)
     make_root()
-    login(client, "root@example.com")
+    auth.login("root@example.com")
     page = client.get(f"/admin/system-billing/tenants/{second.id}").get_data(as_text=True)
     row = page.split(f'id="root-invoice-{b.id}"', 1)[1].split("</tr>", 1)[0]
     assert "dispute needs response" in row

@@ -1,7 +1,7 @@
 """Dunning: the pure policy, derived overdue days, the nightly pass, reevaluate_tenant and the CLI."""
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -10,33 +10,12 @@ from sqlalchemy import func, select
 from app.extensions import db
 from app.models import DunningEvent, DunningStage, Invoice, InvoiceStatus, OutboxEmail, Tenant
 from app.services.dunning import overdue_days_between, reevaluate_tenant, run_pass, stage_for
-from tests.factories import make_tenant
+from tests.factories import at, make_invoice, make_tenant
 
 LADDER = {"reminder_days": 14, "suspend_days": 30, "restrict_days": 45}
 
 
 # -- helpers shared with the other dunning test modules ------------------------------------------------------
-
-def at(day: date, hour: int = 10, tz: str = "UTC") -> datetime:
-    """An aware UTC instant on a calendar day in the given zone."""
-    return datetime.combine(day, time(hour), tzinfo=ZoneInfo(tz)).astimezone(timezone.utc)
-
-
-def make_invoice(tenant: Tenant, issued: date | datetime, *, amount: int = 4900, status: str = InvoiceStatus.OPEN,
-                 number: str | None = None, stripe_invoice_id: str | None = None, amount_paid: int = 0) -> Invoice:
-    """An issued invoice row due on its issue instant (for the ladder: Stripe is not needed)."""
-    issued_at = issued if isinstance(issued, datetime) else at(issued)
-    month_end = issued_at.date().replace(day=1) - timedelta(days=1)
-    inv = Invoice(tenant_id=tenant.id, period_start=month_end.replace(day=1), period_end=month_end,
-                  plan_code=tenant.plan, amount_due=amount, amount_paid=amount_paid, currency="usd",
-                  status=status, number=number or f"SP-{tenant.id}-{month_end:%Y%m}",
-                  stripe_invoice_id=stripe_invoice_id, issued_at=issued_at, due_at=issued_at)
-    if status == InvoiceStatus.PAID:
-        inv.paid_at, inv.amount_paid = issued_at, amount
-    db.session.add(inv)
-    db.session.commit()
-    return inv
-
 
 def stage_of(tenant_id: int) -> tuple[str, int]:
     db.session.expire_all()

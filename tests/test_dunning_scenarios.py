@@ -17,8 +17,8 @@ from app.services import dunning
 from app.services.dunning import reevaluate_tenant, run_pass
 from app.services.notifications import flush_outbox, notify_payment_failed
 from tests.conftest import csrf_from, login
-from tests.factories import admin_email, make_api_key, make_root, make_tenant
-from tests.test_dunning import at, make_invoice, stage_of
+from tests.factories import admin_email, at, make_api_key, make_invoice, make_root, make_tenant, tenant_with_card
+from tests.test_dunning import stage_of
 
 ISSUE = date(2026, 3, 2)
 SUBJECT = {  # what each email's subject starts with
@@ -300,7 +300,7 @@ def test_nightly_job_runs_the_pass(app, plans, smtp_sink):
     from rq import SimpleWorker
 
     from app.extensions import rq
-    from app.jobs import enqueue_unique
+    from app.queue import enqueue_unique
 
     t = start(app, smtp_sink)
     enqueue_unique("billing", "app.jobs.dunning_pass", (ISSUE + timedelta(days=30)).isoformat(),
@@ -313,7 +313,6 @@ def test_end_to_end_through_the_real_charge_path(app, plans, smtp_sink, emulator
     """Invoicing charges a declining card (payment-failed email at once); after a card update the retry pays
     and the payments code's call to reevaluate_tenant restores the tenant in the same call."""
     from app.services import invoicing, payments
-    from tests.billing_support import tenant_with_card
 
     tenant = tenant_with_card("pm_card_chargeCustomerFail", created_at=at(date(2026, 1, 1)))
     t = Tenancy(app, smtp_sink, tenant)

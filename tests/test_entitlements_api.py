@@ -9,7 +9,7 @@ from sqlalchemy import select, text
 from app.extensions import db
 from app.models import AuditLog, IntegrationEndpoint, ServiceToken, Tenant
 from app.services.integrations import create_token, revoke_token, use_token
-from tests.conftest import csrf_from, login, page_csrf
+from tests.conftest import csrf_from, page_csrf
 from tests.factories import admin_email, make_api_key, make_root, make_tenant
 
 FIELDS = {"tenant_id", "telephony", "sms_outbound", "admin_access", "dunning_stage", "updated_at"}
@@ -59,7 +59,7 @@ def test_a_service_token_reads_a_tenant_and_revalidates_with_304_until_it_change
     assert now["updated_at"] > doc["updated_at"]
 
 
-def test_tenant_api_keys_unknown_or_revoked_tokens_and_anonymous_callers_are_refused(app, client, token):
+def test_tenant_api_keys_unknown_or_revoked_tokens_and_anonymous_callers_are_refused(app, client, auth, token):
     tenant = make_tenant("Keys Co")
     url = f"/api/entitlements?tenant_id={tenant.id}"
 
@@ -75,7 +75,7 @@ def test_tenant_api_keys_unknown_or_revoked_tokens_and_anonymous_callers_are_ref
     error(client.get(url, headers={"Authorization": f"Basic {token}"}), 401, "unauthorized")
     # A root admin's browser session is no service token either.
     make_root()
-    login(client, "root@example.com")
+    auth.login("root@example.com")
     error(client.get(url), 401, "unauthorized")
 
     token_id = db.session.scalar(select(ServiceToken.id))
@@ -193,9 +193,9 @@ def test_flask_integrations_commands_issue_a_token_shown_once_and_add_an_endpoin
     assert client.get(f"/api/entitlements?tenant_id={tenant.id}", headers=bearer(plaintext)).status_code == 401
 
 
-def test_the_integrations_page_creates_revokes_adds_and_disables(app, client, plans):
+def test_the_integrations_page_creates_revokes_adds_and_disables(app, client, auth, plans):
     make_root()
-    login(client, "root@example.com")
+    auth.login("root@example.com")
     page = client.get("/admin/integrations")
     assert page.status_code == 200 and "Service tokens" in page.get_data(as_text=True)
     token = page_csrf(client, "/admin/integrations")
@@ -244,9 +244,9 @@ def test_the_integrations_page_creates_revokes_adds_and_disables(app, client, pl
                        "integration_endpoint.disable", "integration_endpoint.enable"]
 
 
-def test_the_integrations_page_is_for_root_admins_only(client, plans):
+def test_the_integrations_page_is_for_root_admins_only(client, auth, plans):
     tenant = make_tenant()
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     assert client.get("/admin/integrations").status_code == 403
     csrf = csrf_from(client.get("/admin/usage").get_data(as_text=True))
     assert client.post("/admin/integrations/tokens", data={"csrf_token": csrf, "name": "x",

@@ -17,9 +17,8 @@ from app.services.clock import utcnow
 from app.services.dunning import run_pass
 from app.services.integrations import add_endpoint, deliver_due, replay_delivery, set_endpoint_enabled
 from tests.conftest import run_jobs
-from tests.factories import make_root, make_tenant
+from tests.factories import at, make_invoice, make_root, make_tenant
 from tests.support.services import free_port
-from tests.test_dunning import at, make_invoice
 
 SECRET = "whsec_push_test_secret"
 ISSUE = date(2026, 3, 2)

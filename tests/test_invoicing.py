@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from datetime import date, timedelta
 
@@ -13,26 +12,20 @@ import pytest
 from rq import SimpleWorker
 from sqlalchemy import func, select
 
-from app import stripe_gateway
+from app import queue, stripe_gateway
 from app.extensions import db, rq
 from app.models import Invoice, InvoiceLine, InvoiceStatus, Tenant
 from app.services import invoicing
 from app.services.usage import record_events
-from tests.billing_support import (add_usage, attempts_of, charges_for, invoices_of, stripe_invoices,
-                                   tenant_with_card)
-from tests.factories import make_tenant, utc
+from tests.billing_support import add_usage, attempts_of, charges_for, invoices_of, stripe_invoices
+from tests.factories import make_tenant, tenant_with_card, utc
+from tests.support.concurrency import run_concurrently
+
+pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 
 NOW = utc(2026, 11, 1, 0, 30)
 EARLY = utc(2026, 9, 1)  # created well before October
 
-
-@pytest.fixture(autouse=True)
-def fast_stripe_retries(monkeypatch):
-    """stripe-python sleeps >= 0.5 s between network retries; keep the suite fast."""
-    from stripe._http_client import HTTPClient
-
-    monkeypatch.setattr(HTTPClient, "INITIAL_DELAY", 0.02)
-    monkeypatch.setattr(HTTPClient, "MAX_DELAY", 0.1)
 
 
 def work_billing_queue() -> None:
@@ -185,24 +178,9 @@ def test_ten_concurrent_force_runs_make_one_invoice_and_one_charge(app, plans, e
     tenant = tenant_with_card(created_at=EARLY)
     add_usage(tenant.id, date(2026, 10, 9), voice_minutes=1234)
     emulator.set_faults(latency_ms=30)  # widen the race window
-    barrier = threading.Barrier(10)
-    outcomes, errors = [], []
     tenant_id = tenant.id
-
-    def force_run():
-        try:
-            with app.app_context():
-                barrier.wait()
-                outcomes.append(invoicing.invoice_and_charge(tenant_id, "2026-10", trigger="manual"))
-        except Exception as err:  # noqa: BLE001
-            errors.append(err)
-
-    threads = [threading.Thread(target=force_run) for _ in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    outcomes = run_concurrently(lambda _: invoicing.invoice_and_charge(tenant_id, "2026-10", trigger="manual"), 10,
+                                app=app)
     assert sorted(o.result for o in outcomes).count("invoiced") == 1
     assert all(o.result in ("invoiced", "skipped") for o in outcomes)
     [inv] = invoices_of(tenant.id)
@@ -215,12 +193,10 @@ def test_ten_concurrent_force_runs_make_one_invoice_and_one_charge(app, plans, e
 
 
 def test_ten_force_run_jobs_on_rq_make_one_invoice_and_one_charge(app, plans, emulator):
-    from app.jobs import enqueue_unique
-
     tenant = tenant_with_card(created_at=EARLY)
-    for n in range(10):
-        enqueue_unique("billing", "app.jobs.invoice_tenant", tenant.id, "2026-10", "manual",
-                       job_id=f"invoice-{tenant.id}-2026-10-force-{n}")
+    for n in range(10):  # ten distinct jobs (ids of their own), all for the same tenant and month
+        queue.enqueue_unique("billing", queue.INVOICE_TENANT, tenant.id, "2026-10", "manual",
+                             job_id=f"invoice-{tenant.id}-2026-10-force-{n}")
     work_billing_queue()
     [inv] = invoices_of(tenant.id)
     assert inv.status == InvoiceStatus.PAID
@@ -300,10 +276,7 @@ def kill_with_children(pid: int) -> None:
 def test_a_sigkilled_worker_mid_run_is_completed_by_the_next_run(app, plans, emulator, database_url, redis_url):
     tenant = tenant_with_card(created_at=EARLY)
     add_usage(tenant.id, date(2026, 10, 2), voice_minutes=900, sms_outbound=800, sms_inbound=2000)
-    from app.jobs import enqueue_unique
-
-    enqueue_unique("billing", "app.jobs.invoice_tenant", tenant.id, "2026-10", "manual",
-                   job_id=f"invoice-{tenant.id}-2026-10")
+    queue.enqueue_invoice(tenant.id, "2026-10", "manual")
     emulator.set_faults(latency_ms=400)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=redis_url, STRIPE_API_BASE=emulator.url,

@@ -5,13 +5,12 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import DunningStage, UsageRollupDaily
-from tests.conftest import login
 from tests.factories import admin_email, make_api_key, make_root, make_tenant
 
 
-def test_tenant_admin_asking_for_another_tenants_rows_gets_404(client, plans):
+def test_tenant_admin_asking_for_another_tenants_rows_gets_404(client, auth, plans):
     mine, theirs = make_tenant("Mine"), make_tenant("Theirs")
-    login(client, admin_email(mine))
+    auth.login(admin_email(mine))
     resp = client.get(f"/admin/usage?tenant_id={theirs.id}")
     # A tenant admin's tenant_id parameter is ignored: they only ever see their own tenant.
     assert resp.status_code == 200 and "Mine" in resp.get_data(as_text=True)
@@ -40,7 +39,7 @@ def test_scoped_queries_cannot_see_other_tenants_even_by_id(app, plans):
     db.session.remove()
 
 
-def test_entitlements_for_root_and_own_api_key_only(client, plans):
+def test_entitlements_for_root_and_own_api_key_only(client, auth, plans):
     a, b = make_tenant(), make_tenant()
     key_a = make_api_key(a)
     ok = client.get(f"/api/tenants/{a.id}/entitlements", headers={"Authorization": f"Bearer {key_a}"})
@@ -50,7 +49,7 @@ def test_entitlements_for_root_and_own_api_key_only(client, plans):
     assert other.status_code == 404 and other.get_json()["error"]["code"] == "not_found"
     assert client.get(f"/api/tenants/{a.id}/entitlements").status_code == 401
     make_root()
-    login(client, "root@example.com")
+    auth.login("root@example.com")
     assert client.get(f"/api/tenants/{b.id}/entitlements").status_code == 200
     assert client.get("/api/tenants/999999/entitlements").status_code == 404
 

@@ -21,8 +21,8 @@ from app.extensions import db
 from app.models import CreditNote, Invoice, Tenant
 from app.services import credits, invoicing, plans as plan_service
 from app.services.credits import CreditError
-from tests.billing_support import charges_for, tenant_with_card
-from tests.factories import utc
+from tests.billing_support import charges_for
+from tests.factories import tenant_with_card, utc
 
 MONTHS = [(2026, 10), (2026, 11), (2026, 12), (2027, 1), (2027, 2)]
 

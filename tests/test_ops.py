@@ -4,14 +4,14 @@ from __future__ import annotations
 from rq.registry import FailedJobRegistry
 
 from app.extensions import rq
-from app.jobs import enqueue_unique
+from app.queue import enqueue_unique
 from tests.conftest import csrf_from, login, run_jobs
 from tests.factories import admin_email, make_root, make_tenant
 
 
-def test_root_sees_queues_workers_and_failed_jobs_and_can_requeue(client, plans):
+def test_root_sees_queues_workers_and_failed_jobs_and_can_requeue(client, auth, plans):
     make_root()
-    login(client, "root@example.com")
+    auth.login("root@example.com")
     enqueue_unique("default", "tests.support.jobs.always_fails", "disk on fire", job_id="doomed-1")
     run_jobs(("default",))
     page = client.get("/admin/jobs")
@@ -26,9 +26,9 @@ def test_root_sees_queues_workers_and_failed_jobs_and_can_requeue(client, plans)
     assert "No failed job doomed-1" in again.get_data(as_text=True)
 
 
-def test_job_monitor_is_root_only(client, plans):
+def test_job_monitor_is_root_only(client, auth, plans):
     tenant = make_tenant()
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     assert client.get("/admin/jobs").status_code == 403
 
 
@@ -37,14 +37,14 @@ def test_healthz_tells_an_anonymous_caller_only_the_status(client, plans):
     assert resp.status_code == 200 and resp.get_json() == {"status": "ok"}
 
 
-def test_healthz_tells_a_tenant_admin_only_the_status(client, plans):
-    login(client, admin_email(make_tenant()))
+def test_healthz_tells_a_tenant_admin_only_the_status(client, auth, plans):
+    auth.login(admin_email(make_tenant()))
     assert client.get("/healthz").get_json() == {"status": "ok"}
 
 
-def test_healthz_gives_root_the_details(client, plans):
+def test_healthz_gives_root_the_details(client, auth, plans):
     make_root()
-    login(client, "root@example.com")
+    auth.login("root@example.com")
     body = client.get("/healthz").get_json()
     assert body["status"] == "ok" and body["checks"] == {"database": "ok", "redis": "ok"}
     assert set(body["queues"]) == {"billing", "webhooks", "default", "mail"}

@@ -49,7 +49,7 @@ def test_the_sign_in_page_offers_a_reset(client):
     assert 'href="/password/forgot"' in page and "Forgot your password?" in page
 
 
-def test_forgot_email_link_reset_ends_other_sessions_and_the_new_password_signs_in(app, client, plans, smtp_sink):
+def test_forgot_email_link_reset_ends_other_sessions_and_the_new_password_signs_in(app, client, auth, plans, smtp_sink):
     tenant = make_tenant()
     email = admin_email(tenant)
     laptop = app.test_client()
@@ -83,8 +83,8 @@ def test_forgot_email_link_reset_ends_other_sessions_and_the_new_password_signs_
     assert resp.status_code == 303 and resp.headers["Location"].endswith("/login")
     assert "Sign in with your new password" in client.get("/login").get_data(as_text=True)
     assert not signed_in(laptop)  # the other browser is signed out
-    assert login(client, email, PASSWORD).status_code == 422  # the old password no longer works
-    assert login(client, email, NEW_PASSWORD).status_code == 302 and signed_in(client)
+    assert auth.login(email, PASSWORD).status_code == 422  # the old password no longer works
+    assert auth.login(email, NEW_PASSWORD).status_code == 302 and signed_in(client)
     audit = db.session.scalar(select(AuditLog).where(AuditLog.action == "user.password_reset"))
     assert audit.tenant_id == tenant.id and audit.details == {"sessions_ended": 1}
 
@@ -166,13 +166,13 @@ def test_a_malformed_address_is_a_form_error(client):
     assert reset_emails() == []
 
 
-def test_a_root_admin_can_reset_too(app, client, plans):
+def test_a_root_admin_can_reset_too(app, client, auth, plans):
     make_root()
     forgot(client, "root@example.com")
     [mail] = reset_emails()
     assert mail.tenant_id is None
     assert set_password(client, link_in(mail.body_text), NEW_PASSWORD).status_code == 303
-    assert login(client, "root@example.com", NEW_PASSWORD).status_code == 302
+    assert auth.login("root@example.com", NEW_PASSWORD).status_code == 302
 
 
 @pytest.mark.parametrize("config_overrides", [{"LOGIN_RATE_LIMIT": "3 per minute",

@@ -1,7 +1,6 @@
 """Charging: declines, retries on schedule and on a card change, Stripe faults — and never a double charge."""
 from __future__ import annotations
 
-import threading
 from datetime import date, timedelta
 
 import pytest
@@ -11,19 +10,15 @@ from app.extensions import db
 from app.models import AttemptStatus, Invoice, InvoiceStatus, Tenant
 from app.services import invoicing, payments
 from app.services.payments import apply_stripe_invoice, next_retry_at
-from tests.billing_support import add_usage, attempts_of, charges_for, invoices_of, stripe_invoices, tenant_with_card
-from tests.factories import make_tenant, utc
+from tests.billing_support import add_usage, attempts_of, charges_for, invoices_of, stripe_invoices
+from tests.factories import make_tenant, tenant_with_card, utc
+from tests.support.concurrency import run_concurrently
+
+pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 
 NOW = utc(2026, 11, 1, 0, 30)
 EARLY = utc(2026, 9, 1)
 
-
-@pytest.fixture(autouse=True)
-def fast_stripe_retries(monkeypatch):
-    from stripe._http_client import HTTPClient
-
-    monkeypatch.setattr(HTTPClient, "INITIAL_DELAY", 0.02)
-    monkeypatch.setattr(HTTPClient, "MAX_DELAY", 0.1)
 
 
 @pytest.fixture
@@ -78,6 +73,23 @@ def test_declined_card_leaves_the_invoice_open_with_the_error_then_a_new_card_pa
         "failed", "succeeded"]
     assert tenant.id in hooks["reevaluate"]
     assert payments.retry_open_invoices(tenant.id) == 0  # nothing open any more
+
+
+def test_a_mail_failure_never_undoes_a_recorded_decline_but_fails_a_webhooks_follow_up(app, plans, emulator,
+                                                                                      monkeypatch):
+    from app.services import notifications
+
+    def mail_down(invoice, *, now=None):
+        raise ConnectionError("the outbox is unreachable")
+
+    monkeypatch.setattr(notifications, "notify_payment_failed", mail_down)
+    _, inv = invoiced("pm_card_chargeCustomerFail")
+    assert inv.status == InvoiceStatus.OPEN and inv.last_payment_error == "Your card was declined."
+    assert inv.next_payment_attempt_at == NOW + timedelta(days=3)
+    assert [a.status for a in attempts_of(inv.id)] == ["failed"]
+    # A webhook handler asks for the error instead, so that its event is tried again.
+    with pytest.raises(ConnectionError):
+        payments.after_invoice_change(inv, payments.InvoiceChange.PAYMENT_FAILED, NOW, raise_errors=True)
 
 
 def test_retries_follow_the_schedule_and_stop_after_the_last(app, plans, emulator, hooks):
@@ -151,23 +163,8 @@ def test_concurrent_charges_of_one_invoice_charge_once(app, plans, emulator):
     tenant, inv = invoiced("pm_card_chargeCustomerFail")
     emulator.set_default_payment_method(tenant.stripe_customer_id, "pm_card_visa")
     emulator.set_faults(latency_ms=50)
-    invoice_id, results, errors = inv.id, [], []
-    barrier = threading.Barrier(6)
-
-    def charge():
-        try:
-            with app.app_context():
-                barrier.wait()
-                results.append(payments.charge_invoice(invoice_id, trigger="manual").status)
-        except Exception as err:  # noqa: BLE001
-            errors.append(err)
-
-    threads = [threading.Thread(target=charge) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    invoice_id = inv.id
+    results = run_concurrently(lambda _: payments.charge_invoice(invoice_id, trigger="manual").status, 6, app=app)
     assert results.count("succeeded") == 1 and results.count("skipped") == 5
     assert len(charges_for(emulator, tenant.stripe_customer_id)) == 1
 

@@ -19,8 +19,8 @@ from app.extensions import db
 from app.models import AuditLog, Invoice, InvoiceStatus, PlanChange, Tenant
 from app.services import invoicing, plans as plan_service, pricing
 from app.services.plans import PlanChangeError
-from tests.billing_support import add_usage, invoices_of, tenant_with_card
-from tests.factories import make_tenant, utc
+from tests.billing_support import add_usage, invoices_of
+from tests.factories import make_tenant, tenant_with_card, utc
 
 # The seeded plans (app/services/seed.py), restated: fee in cents, {metric: (included, unit price in dollars)}.
 PLANS = {
@@ -242,13 +242,13 @@ def test_a_charged_invoice_after_a_plan_change_charges_the_prorated_total(app, p
 
 # -- the pages -------------------------------------------------------------------------------------------------------
 
-def test_root_changes_a_plan_on_the_tenant_page_and_sees_the_history(app, plans, client):
-    from tests.conftest import login, page_csrf
+def test_root_changes_a_plan_on_the_tenant_page_and_sees_the_history(app, plans, client, auth):
+    from tests.conftest import page_csrf
     from tests.factories import make_root
 
     tenant = make_tenant(plan="starter", created_at=EARLY)
     make_root()
-    login(client, "root@example.com")
+    auth.login("root@example.com")
     page = f"/admin/system-billing/tenants/{tenant.id}"
     token = page_csrf(client, page)
     resp = client.post(f"{page}/plan-change", data={"csrf_token": token, "plan": "pro", "effective": "2099-01-05",
@@ -266,15 +266,15 @@ def test_root_changes_a_plan_on_the_tenant_page_and_sees_the_history(app, plans,
     assert len(db.session.scalars(select(PlanChange)).all()) == 1
 
 
-def test_a_tenant_admin_previews_the_prorated_fee_then_confirms(app, plans, client, monkeypatch):
+def test_a_tenant_admin_previews_the_prorated_fee_then_confirms(app, plans, client, auth, monkeypatch):
     from app.services import clock
-    from tests.conftest import login, page_csrf
+    from tests.conftest import page_csrf
     from tests.factories import admin_email
 
     tenant = make_tenant(plan="starter", created_at=EARLY)
     monkeypatch.setattr(clock, "utcnow", lambda: utc(2026, 10, 12, 9))
     monkeypatch.setattr(plan_service, "utcnow", lambda: utc(2026, 10, 12, 9))
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     billing = client.get("/admin/billing").get_data(as_text=True)
     assert 'id="change-plan"' in billing
     preview = client.get("/admin/billing/plan?plan=pro")
@@ -295,12 +295,12 @@ def test_a_tenant_admin_previews_the_prorated_fee_then_confirms(app, plans, clie
     assert sum(ln.amount for ln in inv.lines if ln.metric is None) == 7416  # what the preview said
 
 
-def test_a_tenant_cannot_change_another_tenants_plan_or_pick_an_unknown_plan(app, plans, client):
-    from tests.conftest import login, page_csrf
+def test_a_tenant_cannot_change_another_tenants_plan_or_pick_an_unknown_plan(app, plans, client, auth):
+    from tests.conftest import page_csrf
     from tests.factories import admin_email
 
     mine, theirs = make_tenant(plan="starter"), make_tenant(plan="starter")
-    login(client, admin_email(mine))
+    auth.login(admin_email(mine))
     token = page_csrf(client, "/admin/billing/plan")
     resp = client.post("/admin/billing/plan", data={"csrf_token": token, "plan": "platinum"})
     assert resp.status_code == 422 and "no plan" in resp.get_data(as_text=True)

@@ -32,11 +32,12 @@ def test_flask_command_refuses_with_one_line():
 
 
 def test_gunicorn_refuses_with_the_line_and_no_traceback():
-    out = subprocess.run([str(VENV_BIN / "gunicorn"), "--bind", "127.0.0.1:0", "--workers", "1",
-                          "app:create_app()"], cwd=ROOT, env=_production_env(), capture_output=True, text=True,
+    # The Procfile's command, two workers: the master checks the configuration before forking any.
+    out = subprocess.run([str(VENV_BIN / "gunicorn"), "--config", "gunicorn.conf.py", "--bind", "127.0.0.1:0",
+                          "--workers", "2"], cwd=ROOT, env=_production_env(), capture_output=True, text=True,
                          timeout=60)
-    assert out.returncode != 0
-    assert MISSING in out.stderr.splitlines() and "Traceback" not in out.stderr
+    assert out.returncode == 1
+    assert f"Error: {MISSING}" in out.stderr.splitlines() and "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("env,problem", [

@@ -1,12 +1,12 @@
 """The shared Stripe rate limiter keeps all callers together under the configured rate."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from tests.conftest import base_config
+from tests.support.concurrency import run_concurrently
 
 
 @pytest.fixture
@@ -18,26 +18,17 @@ def test_callers_in_several_threads_share_one_budget(app, migrated, redis_url):
     from app import create_app
     from app.services.ratelimit import stripe_slot
 
-    stamps: list[float] = []
-    lock = threading.Lock()
-
     apps = [create_app(base_config(migrated, redis_url, STRIPE_RATE_LIMIT_PER_S=20)) for _ in range(4)]
-    barrier = threading.Barrier(4)
 
-    def caller(other):
-        with other.app_context():
-            barrier.wait()
+    def caller(i: int) -> list[float]:
+        stamps = []
+        with apps[i].app_context():
             for _ in range(10):
                 stripe_slot()
-                with lock:
-                    stamps.append(time.monotonic())
+                stamps.append(time.monotonic())
+        return stamps
 
-    threads = [threading.Thread(target=caller, args=(a,)) for a in apps]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    stamps.sort()
+    stamps = sorted(stamp for thread in run_concurrently(caller, 4, timeout=30) for stamp in thread)
     assert len(stamps) == 40
     # No sliding one-second window holds more than the limit (+1 for timer jitter) ...
     worst = max(sum(1 for s in stamps if start <= s < start + 1.0) for start in stamps)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import update
 
 from app.extensions import db
@@ -10,10 +11,12 @@ from app.models import Invoice, InvoiceStatus
 from app.schedule import SCHEDULE
 from app.services import dunning, invoicing
 from app.services.reconciliation import reconcile_open_invoices
-from tests.billing_support import invoices_of, tenant_with_card
+from tests.billing_support import invoices_of
 from tests.conftest import run_jobs
-from tests.factories import utc
-from tests.webhook_support import fast_stripe_retries, hook, open_invoice_in_stripe, reload, stored_events  # noqa: F401
+from tests.factories import open_invoice_in_stripe, tenant_with_card, utc
+from tests.webhook_support import reload, stored_events
+
+pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 
 NOW = utc(2026, 11, 1, 0, 30)
 EARLY = utc(2026, 9, 1)

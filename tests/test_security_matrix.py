@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 from app.access import API, PUBLIC, TENANT
 from app.extensions import db
 from app.models import ApiKey, Invoice, InvoiceLine, User, WebhookEvent
-from tests.conftest import csrf_from, login, page_csrf
+from tests.conftest import csrf_from, page_csrf
 from tests.factories import admin_email, make_api_key, make_root, make_tenant, utc
 
 # Routes that authenticate themselves without a session cookie (no CSRF possible or needed).
@@ -122,8 +122,8 @@ def build(app, rule, values) -> str:
         return url_for(rule.endpoint, **values)
 
 
-def test_every_root_route_is_403_for_a_tenant_admin(app, client, world):
-    login(client, world["mine_email"])
+def test_every_root_route_is_403_for_a_tenant_admin(app, client, auth, world):
+    auth.login(world["mine_email"])
     token = page_csrf(client)
     checked = 0
     before = fingerprint()
@@ -139,8 +139,8 @@ def test_every_root_route_is_403_for_a_tenant_admin(app, client, world):
     assert fingerprint() == before
 
 
-def test_every_tenant_route_with_another_tenants_ids_is_404(app, client, world):
-    login(client, world["mine_email"])
+def test_every_tenant_route_with_another_tenants_ids_is_404(app, client, auth, world):
+    auth.login(world["mine_email"])
     token = page_csrf(client)
     before = fingerprint()
     for rule, level in rules_by_policy(app):
@@ -153,8 +153,8 @@ def test_every_tenant_route_with_another_tenants_ids_is_404(app, client, world):
     assert fingerprint() == before
 
 
-def test_tenant_routes_never_show_another_tenants_name(app, client, world):
-    login(client, world["mine_email"])
+def test_tenant_routes_never_show_another_tenants_name(app, client, auth, world):
+    auth.login(world["mine_email"])
     for rule, level in rules_by_policy(app):
         if level != TENANT or "GET" not in rule.methods or rule.arguments:
             continue
@@ -163,8 +163,8 @@ def test_tenant_routes_never_show_another_tenants_name(app, client, world):
             assert "Theirs Co" not in resp.get_data(as_text=True), rule.rule
 
 
-def test_every_session_post_without_csrf_is_refused(app, client, world):
-    login(client, "root@example.com")
+def test_every_session_post_without_csrf_is_refused(app, client, auth, world):
+    auth.login("root@example.com")
     before = fingerprint()
     checked = 0
     for rule, level in rules_by_policy(app):
@@ -178,8 +178,8 @@ def test_every_session_post_without_csrf_is_refused(app, client, world):
     assert fingerprint() == before
 
 
-def test_no_get_changes_state(app, client, world):
-    login(client, "root@example.com")
+def test_no_get_changes_state(app, client, auth, world):
+    auth.login("root@example.com")
     before = fingerprint()
     for rule, level in rules_by_policy(app):
         if "GET" not in rule.methods or level == PUBLIC and rule.endpoint in SKIP_STATE:
@@ -206,10 +206,10 @@ def test_hsts_only_in_production(migrated, redis_url):
     assert "Strict-Transport-Security" in resp.headers
 
 
-def test_restricted_tenant_loses_access_on_next_request(app, client, world):
+def test_restricted_tenant_loses_access_on_next_request(app, client, auth, world):
     from app.models import Tenant
 
-    login(client, world["mine_email"])
+    auth.login(world["mine_email"])
     assert client.get("/admin/usage").status_code == 200
     tenant = db.session.get(Tenant, world["mine"])
     tenant.dunning_stage = "restricted"
@@ -219,9 +219,9 @@ def test_restricted_tenant_loses_access_on_next_request(app, client, world):
     assert client.get("/admin/billing").status_code == 200
 
 
-def test_healthz_reports_stores_and_queues(client, world):
+def test_healthz_reports_stores_and_queues(client, auth, world):
     assert set(client.get("/healthz").get_json()) == {"status"}  # the details are for root admins only
-    login(client, "root@example.com")
+    auth.login("root@example.com")
     resp = client.get("/healthz")
     body = resp.get_json()
     assert resp.status_code == 200 and body["checks"] == {"database": "ok", "redis": "ok"}
@@ -229,7 +229,7 @@ def test_healthz_reports_stores_and_queues(client, world):
     assert body["oldest_pending_webhook_age_s"] is not None  # the failed event of the fixture
 
 
-def test_revoking_an_api_key_is_for_a_signed_in_tenant_with_a_csrf_token(app, client, world):
+def test_revoking_an_api_key_is_for_a_signed_in_tenant_with_a_csrf_token(app, client, auth, world):
     from app.access import view_policy
 
     with app.test_request_context():
@@ -248,15 +248,15 @@ def test_revoking_an_api_key_is_for_a_signed_in_tenant_with_a_csrf_token(app, cl
     resp = app.test_client().post(url, headers={"Authorization": f"Bearer {world['my_key_plaintext']}"})
     assert resp.status_code == 400 and not revoked()
     # The tenant's admin: refused without the token (form field or header), done with it.
-    login(client, world["mine_email"])
+    auth.login(world["mine_email"])
     assert client.post(url).status_code == 400 and not revoked()
     assert client.post(url, data={"csrf_token": "forged"}).status_code == 400 and not revoked()
     assert client.post(url, headers={"X-CSRFToken": page_csrf(client)}).status_code == 303 and revoked()
 
 
 @pytest.mark.parametrize("value", ["%C3%A9", "%00", "x" * 500, "", "%FF%FE"])
-def test_a_bad_card_updated_link_neither_fails_nor_spends_the_pending_nonce(app, client, world, value):
-    login(client, world["mine_email"])
+def test_a_bad_card_updated_link_neither_fails_nor_spends_the_pending_nonce(app, client, auth, world, value):
+    auth.login(world["mine_email"])
     with client.session_transaction() as sess:
         sess["card_update_nonce"] = "pending-nonce"
     resp = client.get(f"/admin/billing?card_updated={value}")

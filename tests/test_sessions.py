@@ -21,9 +21,9 @@ def sign_out(client) -> None:
     assert client.post("/logout", data={"csrf_token": page_csrf(client)}).status_code == 302
 
 
-def test_a_saved_cookie_no_longer_works_after_sign_out(app, client, plans):
+def test_a_saved_cookie_no_longer_works_after_sign_out(app, client, auth, plans):
     tenant = make_tenant()
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     saved = client.get_cookie("session").value
     sign_out(client)
     assert not signed_in(client)
@@ -34,10 +34,10 @@ def test_a_saved_cookie_no_longer_works_after_sign_out(app, client, plans):
     assert resp.status_code == 302 and "/login" in resp.headers["Location"]
 
 
-def test_sign_out_ends_only_that_browser(app, client, plans):
+def test_sign_out_ends_only_that_browser(app, client, auth, plans):
     tenant = make_tenant()
     phone = app.test_client()
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     login(phone, admin_email(tenant))
     sign_out(client)
     assert not signed_in(client)
@@ -46,12 +46,12 @@ def test_sign_out_ends_only_that_browser(app, client, plans):
     assert len(rows) == 2 and rows[0] is not None and rows[1] is None
 
 
-def test_ending_every_session_signs_out_every_browser(app, client, plans):
+def test_ending_every_session_signs_out_every_browser(app, client, auth, plans):
     from app.services.sessions import end_all_sessions
 
     tenant = make_tenant()
     phone = app.test_client()
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     login(phone, admin_email(tenant))
     user = db.session.scalar(select(User).where(User.email == admin_email(tenant)))
     assert end_all_sessions(user) == 2

@@ -1,8 +1,11 @@
 """`flask stripe setup-webhook` and `flask stripe check` against the emulator (the Stripe API they use)."""
 from __future__ import annotations
 
+import pytest
+
 from app.services.webhooks import HANDLERS
-from tests.webhook_support import fast_stripe_retries  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 
 URL = "https://billing.example.com/webhooks/stripe"
 

@@ -41,9 +41,9 @@ def accept(client, path: str, password: str = NEW_PASSWORD, confirm: str | None 
                                    "csrf_token": token})
 
 
-def test_an_invited_colleague_sets_a_password_and_is_an_admin_of_that_tenant(app, client, plans, smtp_sink):
+def test_an_invited_colleague_sets_a_password_and_is_an_admin_of_that_tenant(app, client, auth, plans, smtp_sink):
     tenant = make_tenant("Dunmore Roofing")
-    assert login(client, admin_email(tenant)).status_code == 302
+    assert auth.login(admin_email(tenant)).status_code == 302
     page = client.get("/admin/team").get_data(as_text=True)
     assert admin_email(tenant) in page and "UTC" in page  # the admin, with the time of their last sign-in
     assert 'href="/admin/team"' in page  # the nav link
@@ -81,9 +81,9 @@ def test_an_invited_colleague_sets_a_password_and_is_an_admin_of_that_tenant(app
     assert {"team.invite", "team.invitation_accepted"} <= actions
 
 
-def test_an_address_that_already_signs_in_anywhere_cannot_be_invited(app, client, plans):
+def test_an_address_that_already_signs_in_anywhere_cannot_be_invited(app, client, auth, plans):
     tenant, other = make_tenant(), make_tenant()
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     for email, message in ((admin_email(other), "already has a ServicePro account"),
                            (admin_email(tenant).upper(), "already has a ServicePro account"),
                            ("not-an-address", "valid email address"), ("", "Enter an email address")):
@@ -92,13 +92,13 @@ def test_an_address_that_already_signs_in_anywhere_cannot_be_invited(app, client
     assert invitation_emails() == [] and db.session.scalar(select(AccountToken.id)) is None
 
 
-def test_a_tenant_admin_sees_and_touches_only_their_own_team(app, client, plans):
+def test_a_tenant_admin_sees_and_touches_only_their_own_team(app, client, auth, plans):
     from app.services.accounts import invite_admin
 
     mine, theirs = make_tenant("Mine Co"), make_tenant("Theirs Co")
     secret = invite_admin(theirs, "their-hire@example.com", inviter=admin_of(theirs))
     db.session.commit()
-    login(client, admin_email(mine))
+    auth.login(admin_email(mine))
 
     for query in ("", f"?tenant_id={theirs.id}"):
         page = client.get(f"/admin/team{query}").get_data(as_text=True)
@@ -113,9 +113,9 @@ def test_a_tenant_admin_sees_and_touches_only_their_own_team(app, client, plans)
     assert db.session.scalar(select(db.func.count(AccountToken.id)).where(AccountToken.tenant_id == mine.id)) == 1
 
 
-def test_cancelling_or_resending_kills_the_old_link(app, client, plans):
+def test_cancelling_or_resending_kills_the_old_link(app, client, auth, plans):
     tenant = make_tenant()
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     post(client, "/admin/team/invite", email="first@example.com")
     post(client, "/admin/team/invite", email="second@example.com")
     first, second = (db.session.scalar(select(AccountToken).where(AccountToken.email == e))
@@ -135,7 +135,7 @@ def test_cancelling_or_resending_kills_the_old_link(app, client, plans):
     assert accept(app.test_client(), newest).status_code == 303
 
 
-def test_an_invitation_expires_after_seven_days(app, client, plans):
+def test_an_invitation_expires_after_seven_days(app, client, auth, plans):
     from app.services.accounts import invite_admin
 
     tenant = make_tenant()
@@ -147,7 +147,7 @@ def test_an_invitation_expires_after_seven_days(app, client, plans):
     assert resp.status_code == 410 and "expired" in resp.get_data(as_text=True)
     assert accept(client, path).status_code == 410
     assert db.session.scalar(select(User.id).where(User.email == "late@example.com")) is None
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     assert "Expired" in client.get("/admin/team").get_data(as_text=True)  # and can be resent from there
 
 
@@ -165,20 +165,20 @@ def test_an_invited_address_that_signed_up_elsewhere_meanwhile_is_told_so(app, c
     assert db.session.scalar(select(User.tenant_id).where(User.email == "popular@example.com")) == tenant.id
 
 
-def test_a_restricted_tenant_can_still_run_its_team(app, client, plans):
+def test_a_restricted_tenant_can_still_run_its_team(app, client, auth, plans):
     tenant = make_tenant(dunning_stage="restricted")
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     assert client.get("/admin/team").status_code == 200
     assert post(client, "/admin/team/invite", email="payer@example.com").status_code == 303
 
 
-def test_the_billing_email_is_edited_audited_and_sent_to_stripe(app, client, plans, emulator):
+def test_the_billing_email_is_edited_audited_and_sent_to_stripe(app, client, auth, plans, emulator):
     from app.services.customers import ensure_customer
 
     tenant = make_tenant()
     customer_id = ensure_customer(tenant.id)
     old = tenant.billing_email
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     assert old in client.get("/admin/team").get_data(as_text=True)
 
     resp = post(client, "/admin/team/billing-email", billing_email="not an address")
@@ -202,13 +202,13 @@ def test_the_billing_email_is_edited_audited_and_sent_to_stripe(app, client, pla
     assert emulator.stripe_client().v1.customers.retrieve(customer_id).email == "accounts@dunmore.example.com"
 
 
-def test_the_billing_email_is_saved_when_stripe_is_down(app, client, plans):
+def test_the_billing_email_is_saved_when_stripe_is_down(app, client, auth, plans):
     from rq.registry import FailedJobRegistry
 
     from app.extensions import rq
 
     tenant = make_tenant(stripe_customer_id="cus_unreachable")  # STRIPE_API_BASE: nothing listens
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     resp = post(client, "/admin/team/billing-email", billing_email="new-billing@example.com")
     assert resp.status_code == 303  # Stripe is only told by the job
     run_jobs(("billing",))
@@ -218,9 +218,9 @@ def test_the_billing_email_is_saved_when_stripe_is_down(app, client, plans):
     assert db.session.get(Tenant, tenant.id).billing_email == "new-billing@example.com"
 
 
-def test_the_billing_email_edit_says_so_when_the_job_queue_is_down(app, client, plans):
+def test_the_billing_email_edit_says_so_when_the_job_queue_is_down(app, client, auth, plans):
     tenant = make_tenant(stripe_customer_id="cus_somewhere")
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     token = page_csrf(client, "/admin/team")
     app.config["REDIS_URL"] = "redis://127.0.0.1:9/0"
     app.extensions.pop("redis_connection", None)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select, text
 
 from app.extensions import db, rq
 from app.models import InvoiceStatus, WebhookEvent, utcnow
 from app.services import invoicing, sweeper, webhooks
-from tests.billing_support import invoices_of, tenant_with_card
+from tests.billing_support import invoices_of
 from tests.conftest import run_jobs
-from tests.factories import utc
-from tests.webhook_support import (fast_stripe_retries, hook, make_event, one_event, outbox,  # noqa: F401
-                                   post_event, stored_events)
+from tests.factories import tenant_with_card, utc
+from tests.webhook_support import make_event, one_event, outbox, post_event, stored_events
+
+pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 
 NOW = utc(2026, 11, 1, 0, 30)
 
@@ -138,7 +140,7 @@ def test_a_drainer_carries_on_when_the_database_drops_its_connection(app, monkey
     assert {(r.id, r.status, r.attempts) for r in rows} == {(i, "ignored", 1) for i in ids}
 
 
-def test_of_a_real_month_end_only_the_handled_types_are_left_to_process(app, plans, emulator, hook):  # noqa: F811
+def test_of_a_real_month_end_only_the_handled_types_are_left_to_process(app, plans, emulator, hook):
     tenant = tenant_with_card("pm_card_visa", created_at=utc(2026, 9, 1))
     hook()
     invoicing.invoice_and_charge(tenant.id, "2026-10", now=NOW)

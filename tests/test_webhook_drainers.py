@@ -1,14 +1,18 @@
 """Drainers: a delivery wakes one, drainers share a backlog, process each event once and never leave one behind."""
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
+
+import pytest
 
 from app.extensions import db, rq
 from app.models import WebhookEvent, utcnow
 from app.services import sweeper, webhooks
 from tests.conftest import run_jobs
-from tests.webhook_support import fast_stripe_retries, http, make_event, post_event, stored_events  # noqa: F401
+from tests.support.concurrency import run_concurrently
+from tests.webhook_support import http, make_event, post_event, stored_events
+
+pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 
 
 def flags() -> set[str]:
@@ -51,20 +55,7 @@ def test_deliveries_wake_one_drainer_per_slot_and_the_drainers_process_everythin
 
 def test_concurrent_drainers_share_a_backlog_and_claim_each_event_once(app):
     ids = pending_rows(30)
-    handled: list[int] = []
-    barrier = threading.Barrier(3)
-
-    def drainer(slot: int) -> None:
-        with app.app_context():
-            barrier.wait()
-            handled.append(webhooks.drain(slot))
-            db.session.remove()
-
-    threads = [threading.Thread(target=drainer, args=(slot,)) for slot in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    handled = run_concurrently(webhooks.drain, 3, app=app)  # one drainer per slot
     assert sum(handled) == 30
     assert {(r.id, r.status, r.attempts) for r in stored_events()} == {(i, "ignored", 1) for i in ids}
 

@@ -20,10 +20,11 @@ from app.extensions import db, rq
 from app.models import DunningEvent, Invoice, OutboxEmail, PaymentAttempt, Tenant, WebhookEvent, utcnow
 from app.services import dunning
 from app.services.dunning import stage_for
-from tests.billing_support import tenant_with_card
 from tests.conftest import run_jobs
-from tests.webhook_support import (fast_stripe_retries, hook, http, month_before,  # noqa: F401
-                                   open_invoice_in_stripe, signed)
+from tests.factories import open_invoice_in_stripe, tenant_with_card
+from tests.webhook_support import http, month_before, signed
+
+pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 
 KINDS = ("pays_all", "declined_then_new_card", "declined_stays", "void_uncollectible_pay", "auth_then_hosted")
 CARDS = {"pays_all": "pm_card_visa", "declined_then_new_card": "pm_card_chargeCustomerFail",

@@ -1,16 +1,18 @@
 """Webhook handlers decide from Stripe's current state, never from the event's type or payload alone."""
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from app.extensions import db
 from app.models import AuditLog, InvoiceStatus, utcnow
 from app.services import customers, invoicing, webhooks
-from tests.billing_support import attempts_of, charges_for, invoices_of, tenant_with_card
+from tests.billing_support import attempts_of, charges_for, invoices_of
 from tests.conftest import run_jobs
-from tests.factories import utc
-from tests.webhook_support import (fast_stripe_retries, hook, http, make_event, one_event, outbox,  # noqa: F401
-                                   post_event, reload, stored_events)
+from tests.factories import open_invoice_in_stripe, tenant_with_card, utc
+from tests.webhook_support import http, make_event, one_event, outbox, post_event, reload, stored_events
+
+pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 
 NOW = utc(2026, 11, 1, 0, 30)
 EARLY = utc(2026, 9, 1)
@@ -51,8 +53,6 @@ def test_a_late_action_required_does_not_turn_a_plain_decline_into_authenticatio
 
 def test_a_genuine_action_required_still_asks_for_authentication(app, plans, emulator, live_server):
     tenant = tenant_with_card("pm_card_authenticationRequired", created_at=EARLY)
-    from tests.webhook_support import open_invoice_in_stripe
-
     invoice = open_invoice_in_stripe(tenant, 2026, 10, now=NOW)
     try:
         emulator.stripe_client().v1.invoices.pay(invoice.stripe_invoice_id, params={"off_session": True})
@@ -151,8 +151,7 @@ def test_a_refund_in_stripe_is_recorded_on_the_invoice_it_paid(app, plans, emula
 
 # -- Stripe's own invoice number and PDF -------------------------------------------------------------------
 
-def test_the_tenant_sees_stripes_invoice_number_and_pdf(app, plans, emulator, hook, client):
-    from tests.conftest import login
+def test_the_tenant_sees_stripes_invoice_number_and_pdf(app, plans, emulator, hook, client, auth):
     from tests.factories import admin_email
 
     tenant = tenant_with_card("pm_card_visa", created_at=EARLY)
@@ -163,7 +162,7 @@ def test_the_tenant_sees_stripes_invoice_number_and_pdf(app, plans, emulator, ho
     [invoice] = invoices_of(tenant.id)
     remote = stripe_invoice(emulator, invoice.stripe_invoice_id)
     assert (invoice.stripe_number, invoice.invoice_pdf_url) == (remote["number"], remote["invoice_pdf"])
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     row = client.get("/admin/billing").get_data(as_text=True).split(f'id="invoice-row-{invoice.id}"', 1)[1]
     row = row.split("</tr>", 1)[0]
     assert f"Stripe no. {remote['number']}" in row and f'href="{remote["invoice_pdf"]}"' in row

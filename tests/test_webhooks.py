@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from datetime import date, timedelta
 
@@ -12,11 +11,13 @@ from sqlalchemy import func, select, update
 from app.extensions import db, rq
 from app.models import AttemptStatus, AuditLog, Invoice, InvoiceStatus, Tenant, WebhookEvent, utcnow
 from app.services import invoicing, webhooks
-from tests.billing_support import add_usage, attempts_of, charges_for, invoices_of, tenant_with_card
+from tests.billing_support import add_usage, attempts_of, charges_for, invoices_of
 from tests.conftest import run_jobs
-from tests.factories import make_root, make_tenant, utc
-from tests.webhook_support import (fast_stripe_retries, hook, http, make_event, one_event, outbox,  # noqa: F401
-                                   post_event, reload, signed, stored_events)
+from tests.factories import make_root, make_tenant, open_invoice_in_stripe, tenant_with_card, utc
+from tests.support.concurrency import run_concurrently
+from tests.webhook_support import http, make_event, one_event, outbox, post_event, reload, signed, stored_events
+
+pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 
 NOW = utc(2026, 11, 1, 0, 30)
 EARLY = utc(2026, 9, 1)
@@ -134,19 +135,9 @@ def test_concurrent_duplicate_deliveries_store_one_row_and_process_it_once(app, 
     [paid] = [e for e in emulator.events("invoice.paid") if e["data"]["object"]["id"] == invoice.stripe_invoice_id]
     body, headers = signed(paid, secret)
     n = 12
-    barrier = threading.Barrier(n)
-    answers: list = []
-
-    def deliver():
-        session = http()
-        barrier.wait()
-        answers.append(session.post(webhook_url(live_server), data=body, headers=headers, timeout=30))
-
-    threads = [threading.Thread(target=deliver) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    sessions = [http() for _ in range(n)]
+    answers = run_concurrently(
+        lambda i: sessions[i].post(webhook_url(live_server), data=body, headers=headers, timeout=30), n, timeout=30)
     assert [r.status_code for r in answers] == [200] * n
     assert sorted(r.json()["duplicate"] for r in answers) == [False] + [True] * (n - 1)
     [row] = stored_events()
@@ -165,20 +156,8 @@ def test_concurrent_workers_claim_an_event_once(app, plans, emulator, live_serve
     [row] = stored_events()
     reads_before = stripe_get_count(emulator, invoice.stripe_invoice_id)
     n = 6
-    barrier = threading.Barrier(n)
-    results: list[str] = []
-
-    def work():
-        with app.app_context():
-            barrier.wait()
-            results.append(webhooks.process_event(row.id))
-            db.session.remove()
-
-    threads = [threading.Thread(target=work) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    row_id = row.id
+    results = run_concurrently(lambda _: webhooks.process_event(row_id), n, app=app)
     assert len(results) == n and results.count("processed") >= 1
     assert reload(row).attempts == 1 and reload(row).status == "processed"
     assert stripe_get_count(emulator, invoice.stripe_invoice_id) == reads_before + 1
@@ -231,8 +210,6 @@ def test_an_old_payment_failed_after_paid_does_not_reopen_the_invoice(app, plans
 
 
 def test_a_failed_payment_in_stripe_keeps_the_error_and_tells_the_tenant_once(app, plans, emulator, hook):
-    from tests.webhook_support import open_invoice_in_stripe
-
     tenant = tenant_with_card("pm_card_chargeCustomerFail", created_at=EARLY)
     invoice = open_invoice_in_stripe(tenant, 2026, 10, now=NOW)
     hook()
@@ -251,8 +228,6 @@ def test_a_failed_payment_in_stripe_keeps_the_error_and_tells_the_tenant_once(ap
 
 
 def test_action_required_sends_the_hosted_link(app, plans, emulator, hook):
-    from tests.webhook_support import open_invoice_in_stripe
-
     tenant = tenant_with_card("pm_card_authenticationRequired", created_at=EARLY)
     invoice = open_invoice_in_stripe(tenant, 2026, 10, now=NOW)
     hook()
@@ -269,8 +244,6 @@ def test_action_required_sends_the_hosted_link(app, plans, emulator, hook):
 
 
 def test_voided_and_uncollectible_invoices_follow_stripe_and_release_the_tenant(app, plans, emulator, hook):
-    from tests.webhook_support import open_invoice_in_stripe
-
     tenant = tenant_with_card("pm_card_visa", created_at=utc(2026, 7, 1))
     first = open_invoice_in_stripe(tenant, 2026, 9, now=utc(2026, 10, 1))
     second = open_invoice_in_stripe(tenant, 2026, 10, now=NOW)
@@ -543,8 +516,6 @@ def test_cli_replays_an_event_and_refuses_an_unknown_one(app, plans, live_server
 
 def test_a_backlog_of_events_for_one_invoice_needs_one_stripe_read(app, plans, emulator, live_server):
     """Events created before our last re-read are already reflected: no second read of the same invoice."""
-    from tests.webhook_support import open_invoice_in_stripe
-
     tenant = tenant_with_card(created_at=utc(2026, 1, 1))
     invoice = open_invoice_in_stripe(tenant, 2026, 9, now=utcnow())
     url = f"{live_server}/webhooks/stripe"

@@ -11,7 +11,7 @@ from pathlib import Path
 from rq.registry import StartedJobRegistry
 
 from app.extensions import rq
-from app.jobs import enqueue_unique
+from app.queue import enqueue_unique
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ from app.services import invoicing
 from app.services.dunning import run_pass
 from app.services.notifications import flush_outbox
 from app.services.reconciliation import reconcile_open_invoices
-from tests.billing_support import tenant_with_card
+from tests.factories import tenant_with_card
 
 ISSUED = datetime(2026, 10, 1, 0, 30, tzinfo=timezone.utc)  # the tick that invoiced September
 

@@ -11,35 +11,21 @@ import requests
 from stripe_emulator.webhooks import signature_header
 
 from app.extensions import db
-from app.models import Invoice, OutboxEmail, Tenant, WebhookEvent
-from app.services import invoicing
-from app.services.customers import ensure_customer
+from app.models import OutboxEmail, WebhookEvent
 
 _ids = itertools.count(1)
 
 
+# The fixtures live in tests/conftest.py. browser/test_demo_screens.py still imports these two names from here
+# (issue 13, phase 2 drops them): imported, the first one is autouse, as it always was there.
 @pytest.fixture(autouse=True)
-def fast_stripe_retries(monkeypatch):
-    """stripe-python's network retries without their real back-off (a Stripe outage test waits less)."""
-    from stripe._http_client import HTTPClient
-
-    monkeypatch.setattr(HTTPClient, "INITIAL_DELAY", 0.02)
-    monkeypatch.setattr(HTTPClient, "MAX_DELAY", 0.1)
+def fast_stripe_retries(fast_stripe_retries):
+    return fast_stripe_retries
 
 
 @pytest.fixture
-def hook(app, emulator, live_server):
-    """Call to make the emulator deliver its events to the running app's /webhooks/stripe (app's secret)."""
-    url = f"{live_server}/webhooks/stripe"
-
-    def enable() -> str:
-        emulator.set_webhook(url, app.config["STRIPE_WEBHOOK_SECRET"], backoff_initial=0.05, backoff_max=0.2)
-        return url
-
-    try:
-        yield enable
-    finally:
-        emulator.set_webhook(None)
+def hook(hook):
+    return hook
 
 
 def http() -> requests.Session:
@@ -95,15 +81,6 @@ def outbox(kind: str | None = None) -> list[OutboxEmail]:
     if kind:
         stmt = stmt.where(OutboxEmail.kind == kind)
     return list(db.session.scalars(stmt))
-
-
-def open_invoice_in_stripe(tenant: Tenant, year: int, month: int, *, now) -> Invoice:
-    """Generate the tenant's invoice for a month and finalize it in Stripe WITHOUT charging it (open on both sides)."""
-    customer_id = tenant.stripe_customer_id or ensure_customer(tenant.id)
-    invoice = invoicing.generate_invoice(tenant.id, year, month, now=now)
-    invoicing.finalize_in_stripe(invoice, customer_id, now=now)
-    db.session.refresh(invoice)
-    return invoice
 
 
 def month_before(day: date, n: int) -> tuple[int, int]:

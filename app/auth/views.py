@@ -101,6 +101,3 @@ def logout():
     g.pop("csrf_token", None)
     flash("You have been signed out.", "info")
     return redirect(url_for("auth.login"))
-
-
-from app.auth import password  # noqa: E402,F401  (forgot / reset / invitation routes join this blueprint)

@@ -95,11 +95,14 @@ class Invoice(TenantScoped, TimestampMixin, db.Model):
     attempts: Mapped[list["PaymentAttempt"]] = relationship(back_populates="invoice", order_by="PaymentAttempt.id")
 
     @property
-    def balance(self) -> int:
-        """What is still owed (app.models.credits.owed in SQL): 0 unless open."""
-        if self.status != InvoiceStatus.OPEN:
-            return 0
+    def unpaid(self) -> int:
+        """What the columns leave unpaid, whatever the status (app.models.credits.owed in SQL; never negative)."""
         return max(0, self.amount_due - self.amount_paid - (self.amount_credited or 0) - (self.balance_applied or 0))
+
+    @property
+    def balance(self) -> int:
+        """What is still owed: what is unpaid while open, else 0."""
+        return self.unpaid if self.status == InvoiceStatus.OPEN else 0
 
     @property
     def amount_remaining(self) -> int:

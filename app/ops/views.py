@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 from flask_login import current_user
 from sqlalchemy import func, select, text
 
+from app import queue
 from app.access import PUBLIC, access
 from app.extensions import db, rq
 from app.models import WebhookEvent
@@ -31,16 +32,10 @@ def healthz():
         report["checks"]["database"] = f"error: {type(err).__name__}"
         report["status"] = "degraded"
     try:
-        conn = rq.connection
-        conn.ping()
+        rq.connection.ping()
         report["checks"]["redis"] = "ok"
-        report["queues"] = {name: rq.queue(name).count for name in current_app.config["RQ_QUEUES"]}
-        beat = conn.get("servicepro:scheduler-heartbeat")
-        if beat:
-            at = datetime.fromisoformat(beat.decode()).replace(tzinfo=timezone.utc)
-            report["scheduler_heartbeat_age_s"] = round((now - at).total_seconds(), 1)
-        else:
-            report["scheduler_heartbeat_age_s"] = None
+        report["queues"] = queue.queue_depths()
+        report["scheduler_heartbeat_age_s"] = queue.scheduler_heartbeat_age(now)
     except Exception as err:  # noqa: BLE001
         report["checks"]["redis"] = f"error: {type(err).__name__}"
         report["status"] = "degraded"
@@ -72,18 +67,14 @@ def jobs():
     """Root admins' job monitor: queues, workers, failed jobs, scheduler heartbeat."""
     from flask import render_template
 
-    from app.services.queue_monitor import snapshot
-
-    return render_template("ops/jobs.html", snap=snapshot())
+    return render_template("ops/jobs.html", snap=queue.snapshot())
 
 
 @bp.route("/admin/jobs/failed/<job_id>/requeue", methods=["POST"])
 def requeue_job(job_id: str):
     from flask import flash, redirect, url_for
 
-    from app.services.queue_monitor import requeue_failed
-
-    if requeue_failed(job_id):
+    if queue.requeue_failed(job_id):
         flash(f"Job {job_id} is queued again.", "success")
     else:
         flash(f"No failed job {job_id} to requeue.", "error")

@@ -363,7 +363,7 @@ def change_billing_email(tenant: Tenant, email: str, *, actor_user_id: int | Non
                          now: datetime | None = None) -> bool:
     """Set where the tenant's billing emails go (audit-logged, not committed); False when unchanged.
 
-    The Stripe customer follows through a job (jobs.enqueue_customer_email), so Stripe being down never
+    The Stripe customer follows through a job (queue.enqueue_customer_email), so Stripe being down never
     blocks the edit.
     """
     now = now or utcnow()

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from app import queue
 from app.extensions import db
 from app.models import AuditLog, Invoice, InvoiceStatus, Tenant, User
 from app.services.clock import local_day, utcnow
@@ -121,11 +122,7 @@ def retry_payment_now(invoice_id: int, actor: User | int, reason: str, *, inline
         attempt = charge_invoice(invoice_id, trigger="manual", now=now)
         detail = getattr(attempt, "status", attempt)
     else:
-        from app.jobs import enqueue_unique
-
-        job = enqueue_unique("billing", "app.jobs.charge_invoice", invoice_id, "manual",
-                             job_id=f"charge-{invoice_id}-manual")
-        detail = job.id
+        detail = queue.enqueue_charge(invoice_id, "manual")
     return ActionResult("payment_retry", tenant_id, audit_id, None, detail)
 
 
@@ -147,8 +144,7 @@ def mark_paid_out_of_band(invoice_id: int, actor: User | int, reason: str, *,
     if invoice.stripe_invoice_id:
         _gateway_call(gateway.mark_paid_out_of_band, invoice.id, invoice.stripe_invoice_id)
     status_before = invoice.status
-    received = invoice.balance if invoice.status == InvoiceStatus.OPEN else max(
-        0, invoice.amount_due - invoice.amount_paid - invoice.amount_credited - invoice.balance_applied)
+    received = invoice.unpaid  # open or written off alike
     invoice.status = InvoiceStatus.PAID
     invoice.paid_at = now
     invoice.amount_paid = invoice.amount_paid + received  # what was still owed after credits (issue 17)

@@ -6,14 +6,12 @@ from zoneinfo import ZoneInfo
 
 from flask import current_app
 
+from app.models.base import utcnow  # the one definition (models need it for column defaults)
+
 
 def billing_tz() -> ZoneInfo:
     """The zone that defines billing days and months (BILLING_TIMEZONE)."""
     return ZoneInfo(current_app.config.get("BILLING_TIMEZONE", "UTC"))
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def local_day(moment: datetime, tz: ZoneInfo | None = None) -> date:

@@ -26,6 +26,7 @@ import requests
 from sqlalchemy import bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from app import queue
 from app.extensions import db
 from app.models import (AuditLog, DeliveryStatus, EntitlementEvent, IntegrationDelivery, IntegrationEndpoint,
                         ServiceToken)
@@ -41,8 +42,6 @@ EVENT_TYPE = "entitlements.updated"
 SIGNATURE_HEADER = "ServicePro-Signature"
 WAKE = "entitlements_wake"  # session.info: this transaction queued deliveries
 WAKE_KEY = "servicepro:entitlements:wake"  # Redis: deliveries were queued since the deliverer last looked
-DELIVER_JOB = "app.integrations.jobs.deliver_entitlement_events"
-DELIVER_JOB_ID = "entitlements-deliver"
 LEASE = timedelta(seconds=60)
 BATCH = 100
 TIMEOUT = (3.05, 10)  # connect, read (seconds)
@@ -236,11 +235,10 @@ def record_events(docs: list[dict[str, Any]], endpoint_ids: list[int], *, now: d
 def wake_deliverer() -> None:
     """Ask for a delivery run now (one job at a time; a run in progress looks again before it stops)."""
     from app.extensions import rq
-    from app.jobs import enqueue_unique
 
     try:
         rq.connection.set(WAKE_KEY, "1", ex=3600)
-        enqueue_unique("default", DELIVER_JOB, job_id=DELIVER_JOB_ID, result_ttl=300)
+        queue.enqueue_entitlements_delivery()
     except Exception as err:  # noqa: BLE001 - Redis down must not fail the change; the periodic sweep delivers
         log.warning("could not queue the entitlements deliverer (%s); the periodic sweep will deliver", err)
 

@@ -22,6 +22,7 @@ from sqlalchemy import and_, exists, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from app import queue
 from app import stripe_gateway as gateway
 from app.stripe_gateway import GatewayError, Outcome
 from app.extensions import db
@@ -408,7 +409,6 @@ def run_monthly_tick(as_of: date | None = None, *, now: datetime | None = None) 
     Runs daily: it asks the database what is due, so a missed or doubled tick is harmless. Returns the number
     of jobs enqueued.
     """
-    from app.jobs import enqueue_unique
     from app.services.usage import rollup_day
 
     now = now or utcnow()
@@ -422,8 +422,7 @@ def run_monthly_tick(as_of: date | None = None, *, now: datetime | None = None) 
         return 0
     generate_invoices(year, month, now=now, tenant_ids=due)  # set-based; the jobs find their invoice written
     for tenant_id in due:
-        enqueue_unique("billing", "app.jobs.invoice_tenant", tenant_id, period, "scheduled",
-                       job_id=f"invoice-{tenant_id}-{period}")
+        queue.enqueue_invoice(tenant_id, period, "scheduled")
     return len(due)
 
 
@@ -458,8 +457,6 @@ def start_billing_run(period: str, *, started_by: int | None = None, now: dateti
     counted by result and reason (billing_run_outcomes), and so are, at once, the tenants created after the
     period (not part of `total`: there is nothing to run for them).
     """
-    from app.jobs import enqueue_unique
-
     now = now or utcnow()
     year, month = clock.parse_period(period)
     period = period_key(year, month)
@@ -474,8 +471,7 @@ def start_billing_run(period: str, *, started_by: int | None = None, now: dateti
                                          reason=Reason.CREATED_AFTER_PERIOD.value, tenants=later))
     db.session.commit()
     for tenant_id in tenant_ids:
-        enqueue_unique("billing", "app.jobs.invoice_tenant", tenant_id, period, "manual", run.id,
-                       job_id=f"invoice-{tenant_id}-{period}-run-{run.id}")
+        queue.enqueue_invoice(tenant_id, period, "manual", run_id=run.id)
     return run
 
 

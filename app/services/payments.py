@@ -8,6 +8,7 @@ Two lines of defence against charging twice:
    not charged again.
 
 `apply_stripe_invoice` is THE mapping of a Stripe invoice onto our row; webhooks and reconciliation use it too.
+`after_invoice_change` is what follows a committed change: the tenant's dunning stage, or an email.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from enum import StrEnum
 from typing import Any
 
 from flask import current_app
@@ -26,8 +28,9 @@ from sqlalchemy.pool import NullPool
 from app import stripe_gateway as gateway
 from app.extensions import db
 from app.models import AttemptStatus, Invoice, InvoiceStatus, PaymentAttempt, Tenant, utcnow
-from app.services import notifications
+from app.services import dunning, notifications
 from app.stripe_gateway import GatewayError, Outcome
+from app.stripe_objects import field_of
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +94,6 @@ def invoice_lock_name(invoice_id: int) -> str:
 
 # -- mapping Stripe's invoice onto ours --------------------------------------------------------------------
 
-def _field(obj: Any, name: str, default: Any = None) -> Any:
-    if obj is None:
-        return default
-    if isinstance(obj, dict) or hasattr(obj, "get"):
-        value = obj.get(name, default)
-    else:
-        value = getattr(obj, name, default)
-    return default if value is None else value
-
-
 def _ts(value: Any) -> datetime | None:
     return datetime.fromtimestamp(int(value), timezone.utc) if value else None
 
@@ -124,18 +117,18 @@ def apply_stripe_invoice(invoice: Invoice, stripe_invoice: Any, *, now: datetime
             setattr(invoice, attr, value)
             changed = True
 
-    stripe_id = _field(stripe_invoice, "id")
+    stripe_id = field_of(stripe_invoice, "id")
     if stripe_id and invoice.stripe_invoice_id is None:
         put("stripe_invoice_id", stripe_id)
-    hosted = _field(stripe_invoice, "hosted_invoice_url")
+    hosted = field_of(stripe_invoice, "hosted_invoice_url")
     if hosted and invoice.hosted_invoice_url != hosted:
         put("hosted_invoice_url", hosted)
-    ending = _field(stripe_invoice, "ending_balance")
+    ending = field_of(stripe_invoice, "ending_balance")
     if ending is not None:  # finalized: the customer credit Stripe applied to it (issue 17; a debit is not ours)
-        put("balance_applied", max(0, int(ending) - int(_field(stripe_invoice, "starting_balance", 0))))
+        put("balance_applied", max(0, int(ending) - int(field_of(stripe_invoice, "starting_balance", 0))))
 
     try:
-        new = InvoiceStatus(_field(stripe_invoice, "status", ""))
+        new = InvoiceStatus(field_of(stripe_invoice, "status", ""))
     except ValueError:
         return changed
     current = InvoiceStatus(invoice.status)
@@ -143,12 +136,12 @@ def apply_stripe_invoice(invoice: Invoice, stripe_invoice: Any, *, now: datetime
         return changed
     put("status", new.value)
     if new == InvoiceStatus.PAID:
-        transitions = _field(stripe_invoice, "status_transitions", {}) or {}
-        put("amount_paid", int(_field(stripe_invoice, "amount_paid", invoice.amount_due)))
+        transitions = field_of(stripe_invoice, "status_transitions", {}) or {}
+        put("amount_paid", int(field_of(stripe_invoice, "amount_paid", invoice.amount_due)))
         if invoice.paid_at is None:
-            put("paid_at", _ts(_field(transitions, "paid_at")) or now)
-        off_stripe = int(_field(stripe_invoice, "amount_paid_off_stripe", 0) or 0)
-        if off_stripe > 0 or _field(stripe_invoice, "paid_out_of_band", False):
+            put("paid_at", _ts(field_of(transitions, "paid_at")) or now)
+        off_stripe = int(field_of(stripe_invoice, "amount_paid_off_stripe", 0) or 0)
+        if off_stripe > 0 or field_of(stripe_invoice, "paid_out_of_band", False):
             put("paid_out_of_band", True)
         put("next_payment_attempt_at", None)
         put("last_payment_error", None)
@@ -217,7 +210,7 @@ def charge_locked(invoice: Invoice, *, trigger: str, now: datetime | None = None
         db.session.commit()
     if invoice.status != InvoiceStatus.OPEN:
         _close_interrupted_attempts(invoice, now)
-        _reevaluate(invoice.tenant_id, now)
+        after_invoice_change(invoice, InvoiceChange.STATUS, now)
         return _skipped(invoice, f"Stripe already has the invoice {invoice.status}", trigger)
 
     # Each kind of email goes out once per invoice: on its first decline, on its first authentication request.
@@ -241,7 +234,7 @@ def charge_locked(invoice: Invoice, *, trigger: str, now: datetime | None = None
     attempt.finished_at = now
     apply_stripe_invoice(invoice, paid, now=now)
     db.session.commit()
-    _reevaluate(invoice.tenant_id, now)
+    after_invoice_change(invoice, InvoiceChange.STATUS, now)
     return attempt
 
 
@@ -274,7 +267,7 @@ def _record_failure(invoice: Invoice, attempt: PaymentAttempt, err: GatewayError
         invoice.next_payment_attempt_at = next_retry_at(issued, now, retry_days, hard=err.hard_decline)
         db.session.commit()
         if AttemptStatus.FAILED not in earlier:
-            _notify("notify_payment_failed", invoice, now)
+            after_invoice_change(invoice, InvoiceChange.PAYMENT_FAILED, now)
     elif err.outcome == Outcome.ACTION_REQUIRED:
         attempt.status = AttemptStatus.ACTION_REQUIRED
         invoice.last_payment_error = err.message
@@ -283,7 +276,7 @@ def _record_failure(invoice: Invoice, attempt: PaymentAttempt, err: GatewayError
         invoice.next_payment_attempt_at = None
         db.session.commit()
         if AttemptStatus.ACTION_REQUIRED not in earlier:
-            _notify("notify_action_required", invoice, now)
+            after_invoice_change(invoice, InvoiceChange.ACTION_REQUIRED, now)
     elif err.outcome == Outcome.RETRY_LATER:
         attempt.status = AttemptStatus.ERROR
         invoice.next_payment_attempt_at = now + RETRY_LATER_DELAY
@@ -299,7 +292,7 @@ def _record_failure(invoice: Invoice, attempt: PaymentAttempt, err: GatewayError
         if current is not None and apply_stripe_invoice(invoice, current, now=now) \
                 and invoice.status != InvoiceStatus.OPEN:
             db.session.commit()
-            _reevaluate(invoice.tenant_id, now)
+            after_invoice_change(invoice, InvoiceChange.STATUS, now)
             return attempt
         invoice.next_payment_attempt_at = None
         flag_billing_error(invoice.tenant_id, f"charging invoice {invoice.number or invoice.id}: {err.message}",
@@ -307,24 +300,41 @@ def _record_failure(invoice: Invoice, attempt: PaymentAttempt, err: GatewayError
     return attempt
 
 
-def _notify(name: str, invoice: Invoice, now: datetime) -> None:
-    from app.services import notifications
+# -- what follows a change of an invoice -----------------------------------------------------------------
 
+class InvoiceChange(StrEnum):
+    """What just happened to an invoice (after_invoice_change says what follows)."""
+
+    STATUS = "status"  # its status moved, or Stripe has it closed: the tenant's dunning stage is derived again
+    PAYMENT_FAILED = "payment_failed"  # a charge was declined: the tenant gets the payment-failed email
+    ACTION_REQUIRED = "action_required"  # the bank asks for authentication: the tenant gets the hosted-page email
+
+
+def after_invoice_change(invoice: Invoice, change: InvoiceChange, now: datetime, *,
+                         raise_errors: bool = False) -> None:
+    """Follow a committed invoice change: derive the tenant's dunning stage again, or email the tenant.
+
+    A charge never fails here: a mail or dunning problem must not undo a recorded charge outcome (the nightly
+    pass and the outbox catch up), so the error is logged and the session rolled back. A webhook passes
+    `raise_errors=True` so that its event is retried. The outbox's dedupe key (one email per invoice and kind)
+    makes a repeated call send nothing.
+    """
+    email = {InvoiceChange.PAYMENT_FAILED: notifications.notify_payment_failed,
+             InvoiceChange.ACTION_REQUIRED: notifications.notify_action_required}.get(change)
+    tenant_id = None if email else invoice.tenant_id
     try:
-        getattr(notifications, name)(invoice, now=now)
-    except Exception:  # noqa: BLE001 - a mail problem must never undo a recorded charge outcome
+        if email:
+            email(invoice, now=now)
+        else:
+            dunning.reevaluate_tenant(tenant_id, now=now)
+    except Exception:  # noqa: BLE001 - see the docstring
+        if raise_errors:
+            raise
         db.session.rollback()
-        log.exception("%s failed for invoice %s", name, invoice.id)
-
-
-def _reevaluate(tenant_id: int, now: datetime) -> None:
-    from app.services import dunning
-
-    try:
-        dunning.reevaluate_tenant(tenant_id, now=now)
-    except Exception:  # noqa: BLE001 - the nightly dunning pass re-derives it anyway
-        db.session.rollback()
-        log.exception("dunning re-evaluation failed for tenant %s", tenant_id)
+        if email:
+            log.exception("the %s email for invoice %s failed", change.value, invoice.id)
+        else:
+            log.exception("dunning re-evaluation failed for tenant %s", tenant_id)
 
 
 def flag_billing_error(tenant_id: int, message: str, now: datetime) -> None:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from app import queue
 from app.extensions import db
 from app.models import ApiKey, AuditLog, Plan, Role, Tenant, TenantStatus, User, utcnow
 
@@ -183,7 +184,5 @@ def create_tenant(name: str, plan_code: str, admin_email: str, admin_password: s
     except Exception:
         db.session.rollback()
         raise
-    from app.jobs import enqueue_sync_customer
-
-    enqueue_sync_customer(tenant.id)
+    queue.enqueue_sync_customer(tenant.id)
     return NewTenant(tenant, admin, key)

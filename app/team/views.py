@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
+from app import queue
 from app.access import TENANT, access
 from app.extensions import db
 from app.models import Tenant, utcnow
@@ -90,8 +91,6 @@ def cancel(invitation_id: int):
 @bp.route("/admin/team/billing-email", methods=["POST"])
 @access(TENANT, billing_ok=True)
 def billing_email():
-    from app.jobs import enqueue_customer_email
-
     tenant = _tenant()
     try:
         changed = change_billing_email(tenant, request.form.get("billing_email", ""), actor_user_id=current_user.id)
@@ -101,7 +100,7 @@ def billing_email():
     db.session.commit()
     if not changed:
         flash(f"Billing emails already go to {tenant.billing_email}.", "info")
-    elif not tenant.stripe_customer_id or enqueue_customer_email(tenant.id):
+    elif not tenant.stripe_customer_id or queue.enqueue_customer_email(tenant.id):
         flash(f"Billing emails now go to {tenant.billing_email}.", "success")
     else:
         flash(f"Billing emails now go to {tenant.billing_email}. Stripe's receipts could not be redirected just "

@@ -40,12 +40,9 @@ def emu(emulator_process):
 
 
 @pytest.fixture(autouse=True)
-def fast_stripe_retries(monkeypatch):
-    """stripe-python sleeps >= 0.5 s between retries; keep the suite fast."""
-    from stripe._http_client import HTTPClient
-
-    monkeypatch.setattr(HTTPClient, "INITIAL_DELAY", 0.02)
-    monkeypatch.setattr(HTTPClient, "MAX_DELAY", 0.1)
+def fast_stripe_retries(fast_stripe_retries):
+    """stripe-python sleeps >= 0.5 s between retries; keep the suite fast (tests/conftest.py's, always on here)."""
+    return fast_stripe_retries
 
 
 @pytest.fixture
