@@ -12,9 +12,8 @@ from datetime import date, timedelta
 
 from flask import has_app_context
 
-# Still imported from here by services/webhooks.py, services/billing_views.py, services/sweeper.py,
-# chaos/harness.py, tests/test_system_billing_pages.py and tests/test_notifications.py until they call
-# app/queue.py (issue 13, phase 2).
+# Still imported from here by services/webhooks.py, services/sweeper.py, chaos/harness.py and
+# tests/test_notifications.py until they call app/queue.py (issue 13, phase 2).
 from app.queue import enqueue_unique  # noqa: F401
 
 _worker_app = None

@@ -70,6 +70,14 @@ def customer_email_job_id(tenant_id: int) -> str:
     return f"customer-email-{tenant_id}"
 
 
+FORCE_RUN = "force_run"  # the trigger of a root admin's invoice job for one tenant and month
+_LATEST_FORCE_RUN_TTL = 3600  # as long as enqueue_unique keeps a finished job's result (result_ttl)
+
+
+def _latest_force_run_key(tenant_id: int) -> str:
+    return f"servicepro:force-run-last:{tenant_id}"
+
+
 PAYMENT_RETRIES_SWEEP_ID = "payment-retries-sweep"
 OUTBOX_FLUSH_SWEEP_ID = "outbox-flush-sweep"
 ENTITLEMENTS_DELIVER_ID = "entitlements-deliver"
@@ -99,9 +107,16 @@ def enqueue_unique(queue_name: str, func: str, *args, job_id: str, **options) ->
 
 
 def enqueue_invoice(tenant_id: int, period: str, trigger: str, run_id: int | None = None) -> str:
-    """Queue a tenant's invoice-and-charge job for a month (or find the one queued or running); return its id."""
+    """Queue a tenant's invoice-and-charge job for a month (or find the one queued or running); return its id.
+
+    A force-run (trigger "force_run") is remembered as the tenant's latest (see latest_force_runs).
+    """
     args = (tenant_id, period, trigger) if run_id is None else (tenant_id, period, trigger, run_id)
-    return enqueue_unique("billing", INVOICE_TENANT, *args, job_id=invoice_job_id(tenant_id, period, run_id)).id
+    job_id = enqueue_unique("billing", INVOICE_TENANT, *args, job_id=invoice_job_id(tenant_id, period, run_id)).id
+    if trigger == FORCE_RUN:
+        # So the pages show this force-run again after a reload, whichever month they offer by default.
+        rq.connection.set(_latest_force_run_key(tenant_id), period, ex=_LATEST_FORCE_RUN_TTL)
+    return job_id
 
 
 def enqueue_charge(invoice_id: int, trigger: str) -> str:
@@ -187,6 +202,16 @@ def job_states(job_ids: list[str]) -> list[JobState | None]:
     """The states of many jobs in one round trip, in order (None where RQ no longer knows the job)."""
     jobs = Job.fetch_many(job_ids, connection=rq.connection) if job_ids else []
     return [_state(job) if job is not None else None for job in jobs]
+
+
+def latest_force_runs(tenant_ids: list[int]) -> dict[int, tuple[str, JobState]]:
+    """Each tenant's latest force-run RQ still knows, as (month, state): two round trips for any number."""
+    if not tenant_ids:
+        return {}
+    periods = rq.connection.mget([_latest_force_run_key(t) for t in tenant_ids])
+    wanted = [(t, p.decode()) for t, p in zip(tenant_ids, periods, strict=True) if p]
+    states = job_states([invoice_job_id(t, p) for t, p in wanted])
+    return {t: (p, state) for (t, p), state in zip(wanted, states, strict=True) if state is not None}
 
 
 # -- the scheduler's heartbeat and the root admins' job monitor ---------------------------------------------

@@ -6,10 +6,6 @@ from datetime import date
 from app.extensions import db
 from app.models import Invoice, PaymentAttempt, UsageRollupDaily
 
-# test_billing_pages, test_emails_html, test_run_reasons, test_system_billing_pages and browser/test_billing_browser
-# still import the factory from here (issue 13, phase 2 drops this line).
-from tests.factories import tenant_with_card  # noqa: F401
-
 
 def add_usage(tenant_id: int, day: date, **quantities: int) -> None:
     """Store rollups for one day directly (the rollup job's output)."""

@@ -12,13 +12,13 @@ from sqlalchemy import select
 from app import stripe_gateway
 from app.extensions import db
 from app.models import Invoice, InvoiceLine, PaymentAttempt, Tenant
-from app.services import billing_views, clock
+from app.services import clock
 from app.services.dunning import reevaluate_tenant
 from app.services.invoicing import invoice_and_charge
-from tests.billing_support import add_usage, tenant_with_card
-from tests.conftest import csrf_from, login
-from tests.factories import admin_email, make_root, make_tenant, utc
-from tests.test_dunning import make_invoice
+from app.system_billing.queries import default_period
+from tests.billing_support import add_usage
+from tests.conftest import csrf_from
+from tests.factories import admin_email, make_invoice, make_root, make_tenant, tenant_with_card, utc
 
 LONG_AGO = utc(2020, 1, 1)
 
@@ -28,7 +28,7 @@ LONG_AGO = utc(2020, 1, 1)
 def billed_tenant(card: str, name: str | None = None) -> tuple[Tenant, Invoice]:
     """A tenant with a Stripe card whose previous month was invoiced and charged for real (through the emulator)."""
     tenant = tenant_with_card(card, name=name, created_at=LONG_AGO)
-    outcome = invoice_and_charge(tenant.id, billing_views.default_period())
+    outcome = invoice_and_charge(tenant.id, default_period())
     db.session.expire_all()
     return db.session.get(Tenant, tenant.id), db.session.get(Invoice, outcome.invoice_id)
 
@@ -61,12 +61,12 @@ HX = {"HX-Request": "true"}
 
 # -- the page --------------------------------------------------------------------------------------------------
 
-def test_page_shows_plan_addons_usage_estimate_balance_and_next_invoice(app, client, plans):
+def test_page_shows_plan_addons_usage_estimate_balance_and_next_invoice(app, client, auth, plans):
     tenant = make_tenant("Acme Plumbing")
     today = clock.today()
     add_usage(tenant.id, today, voice_minutes=700, sms_outbound=100)
     make_invoice(tenant, today - timedelta(days=3), amount=4900)  # open, due 3 days ago
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
 
     resp = client.get("/admin/billing")
     assert resp.status_code == 200
@@ -87,12 +87,12 @@ def test_page_shows_plan_addons_usage_estimate_balance_and_next_invoice(app, cli
         assert "At this month's pace" in text
 
 
-def test_lists_the_last_six_invoices_newest_first_plus_any_older_open_one(app, client, plans):
+def test_lists_the_last_six_invoices_newest_first_plus_any_older_open_one(app, client, auth, plans):
     tenant = make_tenant()
     oldest_open = make_invoice(tenant, date(2025, 3, 2), amount=1111, number="SP-OLD-OPEN")
     for month in range(1, 9):  # Jan..Aug 2026, all paid
         make_invoice(tenant, date(2026, month, 2), status="paid", number=f"SP-2026-{month:02d}")
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     html = client.get("/admin/billing").get_data(as_text=True)
     numbers = re.findall(r'<tr id="invoice-row-\d+"[^>]*>\s*<th scope="row"><a [^>]+>([^<]+)</a>', html)
     # The last six periods (Jul 2026 back to Feb 2026: invoices issued Aug..Mar), then the old open one.
@@ -105,12 +105,12 @@ def test_lists_the_last_six_invoices_newest_first_plus_any_older_open_one(app, c
     assert "Invoices 1–6 of 9, newest first" in text_of_html(html)
 
 
-def test_every_invoice_is_reachable_a_page_at_a_time(app, client, plans):
+def test_every_invoice_is_reachable_a_page_at_a_time(app, client, auth, plans):
     tenant = make_tenant()
     make_invoice(tenant, date(2025, 3, 2), amount=1111, number="SP-OLD-OPEN")
     for month in range(1, 9):
         make_invoice(tenant, date(2026, month, 2), status="paid", number=f"SP-2026-{month:02d}")
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     html = client.get("/admin/billing").get_data(as_text=True)
     # The pager is a link (works without JS) that htmx follows in place, putting ?page= in the address.
     assert re.search(r'<a rel="next" href="/admin/billing\?page=2" hx-get="/admin/billing\?page=2"[^>]*'
@@ -124,14 +124,14 @@ def test_every_invoice_is_reachable_a_page_at_a_time(app, client, plans):
     assert client.get("/admin/billing?page=x").status_code == 200
 
 
-def test_the_due_column_counts_overdue_days_to_the_last_dunning_pass(app, client, plans):
+def test_the_due_column_counts_overdue_days_to_the_last_dunning_pass(app, client, auth, plans):
     from app.services.dunning import run_pass
 
     tenant = make_tenant("Late Co")
     due = clock.today() - timedelta(days=5)
     inv = make_invoice(tenant, due, number="SP-LATE")
     run_pass(due + timedelta(days=50))  # a pass run --as-of fifty days after the due date
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     html = client.get("/admin/billing").get_data(as_text=True)
     due_cell = re.search(r'<td data-col="due">(.*?)</td>', row_html(html, f"invoice-row-{inv.id}"), re.S).group(1)
     assert text_of_html(due_cell) == f"{due:%b} {due.day}, {due.year} 50 days overdue"
@@ -142,10 +142,10 @@ def text_of_html(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
 
 
-def test_stripe_hosted_invoice_link_and_pay_now_only_on_open_stripe_invoices(app, client, plans, emulator):
+def test_stripe_hosted_invoice_link_and_pay_now_only_on_open_stripe_invoices(app, client, auth, plans, emulator):
     tenant, invoice = billed_tenant("pm_card_chargeCustomerFail")
     assert invoice.status == "open" and invoice.hosted_invoice_url
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     html = client.get("/admin/billing").get_data(as_text=True)
     row = row_html(html, f"invoice-row-{invoice.id}")
     assert f'href="{invoice.hosted_invoice_url}"' in row
@@ -153,7 +153,7 @@ def test_stripe_hosted_invoice_link_and_pay_now_only_on_open_stripe_invoices(app
     assert invoice.last_payment_error in row
 
 
-def test_printable_invoice_shows_number_period_lines_and_totals(app, client, plans):
+def test_printable_invoice_shows_number_period_lines_and_totals(app, client, auth, plans):
     tenant = make_tenant("Print Co")
     inv = make_invoice(tenant, date(2026, 10, 1), amount=3200, number="SP-2026-09-000042")
     inv.lines.append(InvoiceLine(metric=None, quantity=1, unit_price=29, amount=2900,
@@ -163,7 +163,7 @@ def test_printable_invoice_shows_number_period_lines_and_totals(app, client, pla
                                  unit_price="0.015", amount=30, description="Voice minutes, September 2026",
                                  period_start=date(2026, 9, 1), period_end=date(2026, 9, 30)))
     db.session.commit()
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     resp = client.get(f"/admin/billing/invoices/{inv.id}")
     assert resp.status_code == 200
     text = text_of(resp)
@@ -177,10 +177,10 @@ def test_printable_invoice_shows_number_period_lines_and_totals(app, client, pla
 
 # -- isolation and errors ----------------------------------------------------------------------------------------
 
-def test_another_tenants_invoice_is_404_in_html_json_and_htmx(app, client, plans):
+def test_another_tenants_invoice_is_404_in_html_json_and_htmx(app, client, auth, plans):
     mine, theirs = make_tenant("Mine"), make_tenant("Theirs Inc")
     their_invoice = make_invoice(theirs, date(2026, 10, 1), number="SP-THEIRS").id
-    login(client, admin_email(mine))
+    auth.login(admin_email(mine))
     csrf = token(client)
 
     resp = client.get(f"/admin/billing/invoices/{their_invoice}")
@@ -197,30 +197,30 @@ def test_another_tenants_invoice_is_404_in_html_json_and_htmx(app, client, plans
     assert resp.status_code == 200 and "Theirs Inc" not in resp.get_data(as_text=True)
 
 
-def test_pay_now_without_a_csrf_token_is_refused(app, client, plans):
+def test_pay_now_without_a_csrf_token_is_refused(app, client, auth, plans):
     tenant = make_tenant()
     inv = make_invoice(tenant, date(2026, 10, 1))
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     assert client.post(f"/admin/billing/invoices/{inv.id}/pay", headers=HX).status_code == 400
     resp = client.post(f"/admin/billing/invoices/{inv.id}/pay", headers={"Accept": "application/json"})
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "csrf_failed"
 
 
-def test_pay_now_on_a_paid_invoice_says_so_and_charges_nothing(app, client, plans):
+def test_pay_now_on_a_paid_invoice_says_so_and_charges_nothing(app, client, auth, plans):
     tenant = make_tenant()
     inv = make_invoice(tenant, date(2026, 10, 1), status="paid")
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     resp = client.post(f"/admin/billing/invoices/{inv.id}/pay", headers={**HX, "X-CSRFToken": token(client)})
     assert resp.status_code == 200
     assert "This invoice is already paid." in text_of(resp)
     assert attempts(inv.id) == []
 
 
-def test_root_admin_is_sent_to_system_billing_or_sees_a_tenant_read_only(app, client, plans):
+def test_root_admin_is_sent_to_system_billing_or_sees_a_tenant_read_only(app, client, auth, plans):
     tenant = make_tenant("Looked At")
     inv = make_invoice(tenant, date(2026, 10, 1))
     make_root()
-    login(client, "root@example.com")
+    auth.login("root@example.com")
     resp = client.get("/admin/billing")
     assert resp.status_code == 302 and resp.headers["Location"].endswith("/admin/system-billing")
     resp = client.get(f"/admin/billing?tenant_id={tenant.id}")
@@ -234,19 +234,19 @@ def test_root_admin_is_sent_to_system_billing_or_sees_a_tenant_read_only(app, cl
     assert client.post("/admin/billing/payment-method", data={"csrf_token": csrf}).status_code == 403
 
 
-def test_restricted_tenant_reaches_every_billing_page(app, client, plans):
+def test_restricted_tenant_reaches_every_billing_page(app, client, auth, plans):
     tenant = make_tenant(dunning_stage="restricted", overdue_days=50)
     inv = make_invoice(tenant, date(2026, 1, 2))
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     assert client.get("/admin/usage").headers["Location"].endswith("/admin/billing")
     assert client.get("/admin/billing").status_code == 200
     assert client.get(f"/admin/billing/invoices/{inv.id}").status_code == 200
 
 
-def test_a_restricted_admin_reads_the_restriction_once_and_sees_only_what_they_can_open(app, client, plans):
+def test_a_restricted_admin_reads_the_restriction_once_and_sees_only_what_they_can_open(app, client, auth, plans):
     tenant = make_tenant(dunning_stage="restricted", overdue_days=50)
     make_invoice(tenant, clock.today() - timedelta(days=50))
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     html = client.get("/admin/usage", follow_redirects=True).get_data(as_text=True)
     assert html.count("restricted because of an unpaid balance") == 1  # the banner, not the banner and a flash
     nav = re.search(r'<nav aria-label="Main".*?</nav>', html, re.S).group(0)
@@ -260,10 +260,10 @@ def test_a_restricted_admin_reads_the_restriction_once_and_sees_only_what_they_c
     assert 'href="/admin/usage"' in nav and 'href="/admin/api-keys"' in nav
 
 
-def test_metric_names_read_the_same_on_every_page_and_pages_have_a_favicon(app, client, plans):
+def test_metric_names_read_the_same_on_every_page_and_pages_have_a_favicon(app, client, auth, plans):
     tenant = make_tenant()
     add_usage(tenant.id, clock.today(), sms_inbound=5)
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     for path in ("/admin/usage", "/admin/billing"):
         html = client.get(path).get_data(as_text=True)
         assert "Inbound SMS" in html and "Sms inbound" not in html and "sms inbound" not in html.lower(), path
@@ -274,9 +274,9 @@ def test_metric_names_read_the_same_on_every_page_and_pages_have_a_favicon(app, 
 
 # -- Pay now -----------------------------------------------------------------------------------------------------
 
-def test_pay_now_with_htmx_shows_the_decline_then_pays_in_place_after_a_new_card(app, client, plans, emulator):
+def test_pay_now_with_htmx_shows_the_decline_then_pays_in_place_after_a_new_card(app, client, auth, plans, emulator):
     tenant, invoice = billed_tenant("pm_card_chargeCustomerFail")
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     csrf = token(client)
 
     resp = client.post(f"/admin/billing/invoices/{invoice.id}/pay", headers={**HX, "X-CSRFToken": csrf})
@@ -305,9 +305,9 @@ def test_pay_now_with_htmx_shows_the_decline_then_pays_in_place_after_a_new_card
     assert db.session.get(Tenant, tenant.id).dunning_stage == "ok"
 
 
-def test_pay_now_without_javascript_redirects_back_with_the_result(app, client, plans, emulator):
+def test_pay_now_without_javascript_redirects_back_with_the_result(app, client, auth, plans, emulator):
     tenant, invoice = billed_tenant("pm_card_chargeCustomerFail")
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     resp = client.post(f"/admin/billing/invoices/{invoice.id}/pay", data={"csrf_token": token(client)})
     assert resp.status_code == 303 and resp.headers["Location"].endswith("/admin/billing")
     page = client.get("/admin/billing")
@@ -318,9 +318,9 @@ def test_pay_now_without_javascript_redirects_back_with_the_result(app, client, 
 # -- Update Payment Method ---------------------------------------------------------------------------------------
 
 def test_update_payment_method_goes_to_the_portal_and_back_and_retries_open_invoices_once(
-        app, client, plans, emulator):
+        app, client, auth, plans, emulator):
     tenant, invoice = billed_tenant("pm_card_chargeCustomerFail")
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     resp = client.post("/admin/billing/payment-method", data={"csrf_token": token(client)})
     assert resp.status_code == 303
     portal = resp.headers["Location"]
@@ -348,9 +348,9 @@ def test_update_payment_method_goes_to_the_portal_and_back_and_retries_open_invo
     assert len(attempts(invoice.id)) == 2
 
 
-def test_card_update_that_still_declines_tells_the_tenant(app, client, plans, emulator):
+def test_card_update_that_still_declines_tells_the_tenant(app, client, auth, plans, emulator):
     tenant, invoice = billed_tenant("pm_card_chargeCustomerFail")
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     portal = client.post("/admin/billing/payment-method", data={"csrf_token": token(client)}).headers["Location"]
     back = requests.post(f"{portal}/payment_method", data={"payment_method": "pm_card_chargeCustomerFail"},
                          allow_redirects=False, timeout=10)
@@ -368,9 +368,9 @@ def back_from_portal_without_choosing(client) -> None:
     client.get(f"/admin/billing?card_updated={nonce}")
 
 
-def test_coming_back_from_the_portal_without_a_new_card_says_nothing_changed(app, client, plans, emulator):
+def test_coming_back_from_the_portal_without_a_new_card_says_nothing_changed(app, client, auth, plans, emulator):
     tenant, invoice = billed_tenant("pm_card_chargeCustomerFail")
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     client.post("/admin/billing/payment-method", data={"csrf_token": token(client)})
     back_from_portal_without_choosing(client)
     text = text_of(client.get("/admin/billing"))
@@ -379,9 +379,9 @@ def test_coming_back_from_the_portal_without_a_new_card_says_nothing_changed(app
     assert [a.trigger for a in attempts(invoice.id)] == ["scheduled"]  # the old card is not charged again
 
 
-def test_a_new_card_with_nothing_open_does_not_claim_to_have_paid_anything(app, client, plans, emulator):
+def test_a_new_card_with_nothing_open_does_not_claim_to_have_paid_anything(app, client, auth, plans, emulator):
     tenant = tenant_with_card("pm_card_visa")
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     portal = client.post("/admin/billing/payment-method", data={"csrf_token": token(client)}).headers["Location"]
     back = requests.post(f"{portal}/payment_method", data={"payment_method": "pm_card_mastercard"},
                          allow_redirects=False, timeout=10)
@@ -392,18 +392,18 @@ def test_a_new_card_with_nothing_open_does_not_claim_to_have_paid_anything(app, 
     assert "every open invoice is paid" not in text
 
 
-def test_update_payment_method_when_stripe_is_unreachable_shows_a_message(app, client, plans):
+def test_update_payment_method_when_stripe_is_unreachable_shows_a_message(app, client, auth, plans):
     # No emulator: the app's Stripe base URL points at a closed port.
     tenant = make_tenant()
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     resp = client.post("/admin/billing/payment-method", data={"csrf_token": token(client)})
     assert resp.status_code == 303 and resp.headers["Location"].endswith("/admin/billing")
     assert "We could not open the secure payment page just now" in text_of(client.get("/admin/billing"))
 
 
-def test_update_payment_method_with_htmx_redirects_the_browser(app, client, plans, emulator):
+def test_update_payment_method_with_htmx_redirects_the_browser(app, client, auth, plans, emulator):
     tenant = tenant_with_card("pm_card_visa")
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     resp = client.post("/admin/billing/payment-method", headers={**HX, "X-CSRFToken": token(client)})
     assert resp.status_code == 204 and resp.headers["HX-Redirect"].startswith(f"{emulator.url}/portal/")
 

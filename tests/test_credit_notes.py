@@ -334,11 +334,11 @@ def test_root_issues_a_credit_note_from_the_tenant_page_with_a_reason(app, plans
 
 def test_open_balances_everywhere_count_credits(app, plans, emulator):
     """The system billing row, the banner and dunning read what is owed after credits."""
-    from app.services import billing_views
+    from app.system_billing.queries import tenant_row
 
     tenant, inv = open_invoice()
     issue(inv.id, 2500, "reduce")
-    row = billing_views.tenant_row(tenant.id)
+    row = tenant_row(tenant.id)
     assert row.balance == 400
     tenant = db.session.get(Tenant, tenant.id)
     tenant.dunning_stage = "reminder"

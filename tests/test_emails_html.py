@@ -12,9 +12,8 @@ from app.models import Invoice, OutboxEmail
 from app.services import invoicing, notifications
 from app.services.dunning import reevaluate_tenant, run_pass
 from app.services.notifications import flush_outbox, notify_action_required, notify_payment_failed
-from tests.billing_support import add_usage, tenant_with_card
-from tests.factories import make_tenant, utc
-from tests.test_dunning import at, make_invoice
+from tests.billing_support import add_usage
+from tests.factories import at, make_invoice, make_tenant, tenant_with_card, utc
 
 NOW = utc(2026, 11, 1, 0, 30)
 EARLY = utc(2026, 9, 1)

@@ -53,3 +53,14 @@ def test_states_of_jobs_rq_no_longer_knows_are_none(app):
     known = queue.enqueue_outbox_flush()
     assert [s and s.id for s in queue.job_states(["nope", known, "nope-2"])] == [None, known, None]
     assert queue.job_states([]) == []
+
+
+def test_a_tenants_latest_force_run_reads_back_whatever_month_it_was_for(app, plans):
+    forced, scheduled = make_tenant(created_at=LONG_AGO), make_tenant(created_at=LONG_AGO)
+    queue.enqueue_invoice(forced.id, "2026-08", queue.FORCE_RUN)
+    queue.enqueue_invoice(scheduled.id, "2026-08", "scheduled")  # the monthly tick is no force-run
+    latest = queue.latest_force_runs([forced.id, scheduled.id])
+    assert list(latest) == [forced.id]
+    period, state = latest[forced.id]
+    assert (period, state.id, state.status) == ("2026-08", f"invoice-{forced.id}-2026-08", "queued")
+    assert queue.latest_force_runs([]) == {}

@@ -10,19 +10,19 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import BillingRun, Invoice
-from app.services import billing_views, clock, invoicing
-from tests.billing_support import tenant_with_card
-from tests.conftest import csrf_from, login, run_jobs
-from tests.factories import make_root, make_tenant
+from app.services import clock, invoicing, payments
+from app.system_billing.queries import default_period, run_problems
+from tests.conftest import csrf_from, run_jobs
+from tests.factories import make_root, make_tenant, tenant_with_card
 
 HX = {"HX-Request": "true"}
 LONG_AGO = clock.utcnow() - timedelta(days=3 * 365)
 
 
 @pytest.fixture
-def root(app, client, plans):
+def root(app, client, auth, plans):
     make_root()
-    login(client, "root@example.com")
+    auth.login("root@example.com")
     return client
 
 
@@ -55,7 +55,7 @@ def run_all(client, period: str) -> str:
 
 
 def test_run_all_result_counts_tenants_per_reason(root, emulator):
-    period = billing_views.default_period()
+    period = default_period()
     tenant_with_card(name="Paid Co", created_at=LONG_AGO)
     done = tenant_with_card(name="Done Co", created_at=LONG_AGO)
     invoicing.invoice_and_charge(done.id, period)  # invoiced before the run
@@ -86,7 +86,7 @@ def html_of_run(client, run_id: int) -> str:
 
 
 def test_run_all_names_each_declined_tenant_with_the_decline(root, emulator):
-    period = billing_views.default_period()
+    period = default_period()
     for name in ("Acme Plumbing", "Brightside HVAC", "Citywide Electric"):
         tenant_with_card(name=name, created_at=LONG_AGO)
     tenant_with_card("pm_card_chargeCustomerFail", name="Dunmore Roofing", created_at=LONG_AGO)
@@ -103,13 +103,13 @@ def test_run_all_names_each_declined_tenant_with_the_decline(root, emulator):
         root.get(f"/admin/system-billing/runs/{run.id}").get_data(as_text=True))
     # Only the run's own charges count: a later "Pay now" decline is not named again under this run.
     invoice_id = db.session.scalar(select(Invoice.id).where(Invoice.status == "open"))
-    assert not billing_views.pay_now(invoice_id).ok
-    named = billing_views.run_problems(run, invoicing.run_summary(run.id))
+    assert not payments.pay_now(invoice_id).ok
+    named = run_problems(run, invoicing.run_summary(run.id))
     assert [(n.name, n.message) for n in named["payment_failed"]] == [("Dunmore Roofing", "Your card was declined.")]
 
 
 def test_a_run_with_nothing_to_invoice_says_why(root):
-    period = billing_views.default_period()
+    period = default_period()
     make_tenant("New Co", created_at=clock.utcnow())
     text = visible(run_all(root, period))
     assert "0 of 0 tenants" in text
@@ -118,7 +118,7 @@ def test_a_run_with_nothing_to_invoice_says_why(root):
 
 
 def test_force_run_of_a_tenant_created_after_the_month_says_so(root, emulator):
-    period = billing_views.default_period()
+    period = default_period()
     tenant = tenant_with_card(name="Fresh Co", created_at=clock.utcnow())
     token = csrf_from(root.get("/admin/system-billing").get_data(as_text=True))
     root.post(f"/admin/system-billing/tenants/{tenant.id}/force-run", data={"period": period},
@@ -130,7 +130,7 @@ def test_force_run_of_a_tenant_created_after_the_month_says_so(root, emulator):
 
 
 def test_month_pickers_start_on_the_latest_month_with_work(root, emulator):
-    last = billing_views.default_period()
+    last = default_period()
     before = months_back(last, 1)
     # Billable for the last two months only; last month's invoice is done, the month before is not.
     tenant = tenant_with_card(name="Gap Co", created_at=month_end(months_back(last, 2)))

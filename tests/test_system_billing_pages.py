@@ -11,18 +11,18 @@ from sqlalchemy import event, insert, select
 
 from app.extensions import db, rq
 from app.models import AuditLog, BillingRun, Invoice, Tenant, WebhookEvent
-from app.services import billing_views, clock
-from tests.billing_support import add_usage, tenant_with_card
-from tests.conftest import csrf_from, login, run_jobs
-from tests.factories import admin_email, make_root, make_tenant, utc
+from app.services import clock
+from app.system_billing.queries import default_period, period_choices
+from tests.billing_support import add_usage
+from tests.conftest import csrf_from, run_jobs
+from tests.factories import admin_email, at, make_invoice, make_root, make_tenant, tenant_with_card, utc
 from tests.test_billing_pages import HX, LONG_AGO, row_html, text_of
-from tests.test_dunning import at, make_invoice
 
 
 @pytest.fixture
-def root(app, client, plans):
+def root(app, client, auth, plans):
     make_root()
-    login(client, "root@example.com")
+    auth.login("root@example.com")
     return client
 
 
@@ -95,9 +95,9 @@ def bulk_tenants(n: int, start: int = 0) -> None:
 
 # -- who may see it ------------------------------------------------------------------------------------------------
 
-def test_tenant_admin_gets_403_on_the_system_pages_in_html_and_json(app, client, plans):
+def test_tenant_admin_gets_403_on_the_system_pages_in_html_and_json(app, client, auth, plans):
     tenant = make_tenant()
-    login(client, admin_email(tenant))
+    auth.login(admin_email(tenant))
     resp = client.get("/admin/system-billing")
     assert resp.status_code == 403 and "platform administrators" in resp.get_data(as_text=True)
     resp = client.get("/admin/system-billing", headers={"Accept": "application/json"})
@@ -238,7 +238,7 @@ def test_aged_balance_buckets_and_money_collected_this_month(root):
 
 def test_force_run_with_htmx_enqueues_once_polls_and_then_replaces_the_row(root, emulator):
     tenant = tenant_with_card("pm_card_visa", name="Force Co", created_at=LONG_AGO)
-    period = billing_views.default_period()
+    period = default_period()
     year, month = clock.parse_period(period)
     add_usage(tenant.id, date(year, month, 3), voice_minutes=800)
     token = csrf(root)
@@ -279,7 +279,7 @@ def test_force_run_with_htmx_enqueues_once_polls_and_then_replaces_the_row(root,
 
 def test_force_run_of_a_declined_tenant_shows_the_failure(root, emulator):
     tenant = tenant_with_card("pm_card_chargeCustomerFail", name="Declined Co", created_at=LONG_AGO)
-    period = billing_views.default_period()
+    period = default_period()
     root.post(f"/admin/system-billing/tenants/{tenant.id}/force-run", data={"period": period, "in_table": "1"},
               headers={**HX, "X-CSRFToken": csrf(root)})
     run_jobs(("billing",))
@@ -292,7 +292,7 @@ def test_force_run_of_a_declined_tenant_shows_the_failure(root, emulator):
 
 def test_force_run_from_the_tenant_page_polls_and_ends_in_place(root, emulator):
     tenant = tenant_with_card("pm_card_visa", name="Detail Co", created_at=LONG_AGO)
-    period = billing_views.period_choices()[1]  # any complete month may be chosen, not only the last
+    period = period_choices()[1]  # any complete month may be chosen, not only the last
     page = root.get(f"/admin/system-billing/tenants/{tenant.id}").get_data(as_text=True)
     assert f'<select id="period-{tenant.id}" name="period"' in page  # its own month select here
     resp = root.post(f"/admin/system-billing/tenants/{tenant.id}/force-run", data={"period": period},
@@ -337,7 +337,7 @@ def test_force_run_rejects_bad_periods_with_a_message_never_a_500(root):
 
 def test_force_run_without_javascript_redirects_back_with_a_flash(root):
     tenant = make_tenant("NoJS Co")
-    period = billing_views.default_period()
+    period = default_period()
     resp = root.post(f"/admin/system-billing/tenants/{tenant.id}/force-run",
                      data={"period": period, "in_table": "1", "csrf_token": csrf(root)},
                      headers={"Referer": "http://localhost/admin/system-billing?q=nojs"})
@@ -359,7 +359,7 @@ def test_force_run_without_javascript_redirects_back_with_a_flash(root):
 def test_run_all_shows_a_progress_bar_that_polls_until_every_tenant_is_done(root, emulator):
     for name in ("Run A", "Run B"):
         tenant_with_card("pm_card_visa", name=name, created_at=LONG_AGO)
-    period = billing_views.default_period()
+    period = default_period()
     resp = root.post("/admin/system-billing/runs", data={"period": period}, headers={**HX, "X-CSRFToken": csrf(root)})
     html = resp.get_data(as_text=True)
     run = db.session.scalar(select(BillingRun))
@@ -506,7 +506,7 @@ def test_a_table_refresh_puts_the_views_own_address_in_the_address_bar(root):
 
 
 def test_job_times_carry_their_date_and_zone(root):
-    from app.jobs import enqueue_unique
+    from app.queue import enqueue_unique
 
     enqueue_unique("default", "tests.support.jobs.always_fails", "disk on fire", job_id="doomed-1")
     run_jobs(("default",))

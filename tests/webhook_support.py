@@ -6,7 +6,6 @@ import json
 import time
 from datetime import date
 
-import pytest
 import requests
 from stripe_emulator.webhooks import signature_header
 
@@ -14,18 +13,6 @@ from app.extensions import db
 from app.models import OutboxEmail, WebhookEvent
 
 _ids = itertools.count(1)
-
-
-# The fixtures live in tests/conftest.py. browser/test_demo_screens.py still imports these two names from here
-# (issue 13, phase 2 drops them): imported, the first one is autouse, as it always was there.
-@pytest.fixture(autouse=True)
-def fast_stripe_retries(fast_stripe_retries):
-    return fast_stripe_retries
-
-
-@pytest.fixture
-def hook(hook):
-    return hook
 
 
 def http() -> requests.Session:

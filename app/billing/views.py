@@ -15,13 +15,19 @@ from flask_login import current_user
 from werkzeug.utils import secure_filename
 
 from app.access import TENANT, access
-from app.extensions import db, htmx
+from app.billing import components, queries
+from app.billing.components import BalanceDue
+from app.extensions import db
+from app.fragments import billing_changed, wants_fragment
 from app.models import Invoice, InvoiceStatus, Tenant
-from app.services import billing_views
+from app.services import payments
+from app.services.invoicing import open_balance
 from app.services.pdf import html_to_pdf
 from app.services.pricing import METRIC_LABELS
 
 bp = Blueprint("billing", __name__)
+bp.add_app_template_filter(components.sentence, "sentence")
+bp.add_app_template_global(components.format_unit_price, "unit_price")
 
 _NONCE_KEY = "card_update_nonce"
 _BEFORE_KEY = "card_update_before"  # the card and open invoices when the portal was opened (for the message)
@@ -76,14 +82,16 @@ def index():
             expected = session.get(_NONCE_KEY)
             if expected and hmac.compare_digest(nonce.encode(), expected.encode()):
                 session.pop(_NONCE_KEY, None)
-                result = billing_views.retry_after_card_update(tenant.id, session.pop(_BEFORE_KEY, None))
-                flash(result.message, result.category)
+                message = components.card_update_message(
+                    payments.retry_after_card_update(tenant.id, session.pop(_BEFORE_KEY, None)))
+                flash(message.text, message.category)
             return redirect(url_for("billing.index"), 303)
-    query = billing_views.InvoiceQuery.from_args(request.args, tenant.id if read_only else None)
-    view = billing_views.tenant_billing(tenant, query)
-    return render_template("billing/index.html", b=view, tenant=tenant, read_only=read_only, as_of=view.as_of,
-                           can_pay_now=billing_views.can_pay_now, days_overdue=billing_views.days_overdue,
-                           unit_price=billing_views.format_unit_price)
+    query = queries.InvoiceQuery.from_args(request.args, tenant.id if read_only else None)
+    view = queries.tenant_billing(tenant, query)
+    rows = [components.invoice_row(inv, view.as_of, read_only=read_only) for inv in view.invoices.rows]
+    older = [components.invoice_row(inv, view.as_of, read_only=read_only) for inv in view.invoices.older_open]
+    return render_template("billing/index.html", b=view, tenant=tenant, read_only=read_only,
+                           invoice_rows=rows, older_rows=older, balance=BalanceDue(view.balance_due, view.currency))
 
 
 @bp.route("/admin/billing/payment-method", methods=["POST"])
@@ -93,15 +101,15 @@ def payment_method():
     nonce = secrets.token_urlsafe(16)
     return_url = current_app.config["APP_BASE_URL"] + url_for("billing.index", card_updated=nonce)
     try:
-        portal = billing_views.payment_portal_url(tenant.id, return_url)
+        portal = payments.payment_portal_url(tenant.id, return_url)
     except Exception:  # noqa: BLE001 - Stripe down or refusing: say so, never a 500
         db.session.rollback()
         current_app.logger.exception("could not open a portal session for tenant %s", tenant.id)
         flash("We could not open the secure payment page just now. Please try again in a minute.", "error")
         return redirect(url_for("billing.index"), 303)
     session[_NONCE_KEY] = nonce
-    session[_BEFORE_KEY] = billing_views.card_update_snapshot(tenant.id)
-    if htmx:
+    session[_BEFORE_KEY] = payments.card_update_snapshot(tenant.id)
+    if wants_fragment():
         resp = make_response("", 204)
         resp.headers["HX-Redirect"] = portal
         return resp
@@ -114,23 +122,17 @@ def pay_invoice(invoice_id: int):
     tenant = _own_tenant()
     invoice = _visible_invoice(invoice_id)
     stage_before = tenant.dunning_stage
-    if not billing_views.can_pay_now(invoice):
-        result = billing_views.PayResult(invoice.status == InvoiceStatus.PAID,
-                                         "This invoice is already paid." if invoice.status == InvoiceStatus.PAID
-                                         else f"This invoice is {invoice.status}: there is nothing to pay.",
-                                         invoice)
-    else:
-        result = billing_views.pay_now(invoice.id)
-    if htmx:
+    outcome = payments.pay_now(invoice.id)
+    message = components.pay_now_message(outcome)
+    if wants_fragment():
         db.session.refresh(tenant)
-        resp = make_response(render_template(
-            "billing/pay_result.html", inv=result.invoice or invoice, result=result, tenant=tenant,
-            stage_before=stage_before, balance=billing_views.balance_due(tenant.id),
-            currency=tenant.plan_obj.currency, can_pay_now=billing_views.can_pay_now,
-            as_of=billing_views.tenant_billing_as_of(tenant), days_overdue=billing_views.days_overdue))
-        resp.headers["HX-Trigger"] = billing_views.BILLING_CHANGED
-        return resp
-    flash(result.message, result.category)
+        row = components.invoice_row(outcome.invoice or invoice, queries.tenant_billing_as_of(tenant),
+                                     result=message)
+        return billing_changed(render_template(
+            "billing/pay_result.html", invoice_row=row,
+            balance=BalanceDue(max(0, open_balance(tenant.id)), tenant.plan_obj.currency, oob=True),
+            banner_lifted=stage_before != "ok" and tenant.dunning_stage == "ok"))
+    flash(message.text, message.category)
     return redirect(url_for("billing.index"), 303)
 
 
@@ -139,8 +141,7 @@ def pay_invoice(invoice_id: int):
 def invoice(invoice_id: int):
     invoice = _visible_invoice(invoice_id)
     tenant = db.session.get(Tenant, invoice.tenant_id)
-    return render_template("billing/invoice.html", invoice=invoice, tenant=tenant,
-                           unit_price=billing_views.format_unit_price)
+    return render_template("billing/invoice.html", invoice=invoice, tenant=tenant)
 
 
 @bp.route("/admin/billing/invoices/<int:invoice_id>.pdf")
@@ -148,8 +149,7 @@ def invoice(invoice_id: int):
 def invoice_pdf(invoice_id: int):
     invoice = _visible_invoice(invoice_id)
     tenant = db.session.get(Tenant, invoice.tenant_id)
-    html = render_template("billing/invoice.html", invoice=invoice, tenant=tenant, pdf=True,
-                           unit_price=billing_views.format_unit_price)
+    html = render_template("billing/invoice.html", invoice=invoice, tenant=tenant, pdf=True)
     response = make_response(html_to_pdf(html))
     response.mimetype = "application/pdf"
     name = secure_filename(f"invoice-{invoice.number or invoice.id}.pdf")

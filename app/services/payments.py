@@ -9,14 +9,17 @@ Two lines of defence against charging twice:
 
 `apply_stripe_invoice` is THE mapping of a Stripe invoice onto our row; webhooks and reconciliation use it too.
 `after_invoice_change` is what follows a committed change: the tenant's dunning stage, or an email.
+The tenant's own actions (Pay now, the card update's return) are here too, with typed outcomes: the billing
+blueprint words them.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
@@ -29,6 +32,7 @@ from app import stripe_gateway as gateway
 from app.extensions import db
 from app.models import AttemptStatus, Invoice, InvoiceStatus, PaymentAttempt, Tenant, utcnow
 from app.services import dunning, notifications
+from app.services.customers import ensure_customer
 from app.stripe_gateway import GatewayError, Outcome
 from app.stripe_objects import field_of
 
@@ -383,3 +387,132 @@ def retry_open_invoices(tenant_id: int, trigger: str = "card_updated", *, now: d
                                  Invoice.stripe_invoice_id.is_not(None))
         .order_by(Invoice.period_start, Invoice.id)))
     return _charge_each(ids, trigger, now)
+
+
+# -- the tenant's own actions: Pay now, and the card update's return (app/billing words what they did) -----------
+
+def can_pay_now(invoice: Invoice) -> bool:
+    """Whether the tenant can retry an invoice's charge from the billing page."""
+    return invoice.status == InvoiceStatus.OPEN and invoice.balance > 0 and bool(invoice.stripe_invoice_id)
+
+
+class PayNowResult(StrEnum):
+    PAID = "paid"
+    ALREADY_PAID = "already_paid"
+    NOTHING_TO_PAY = "nothing_to_pay"  # void, uncollectible, not in Stripe yet, or nothing left to pay
+    DECLINED = "declined"
+    ACTION_REQUIRED = "action_required"  # the bank asks the customer to authenticate on the hosted page
+    RETRY_LATER = "retry_later"  # Stripe could not take it now; the retry schedule will
+    NOT_CHARGED = "not_charged"  # skipped (another charge in progress, Stripe unreadable, …)
+    UNREACHABLE = "unreachable"  # the attempt itself failed (Stripe or the database): nothing was charged
+    NOT_PAID = "not_paid"
+
+
+@dataclass(frozen=True)
+class PayNowOutcome:
+    """What a tenant's "Pay now" did."""
+
+    result: PayNowResult
+    invoice: Invoice | None
+    detail: str | None = None  # the decline, or why nothing was charged
+
+    @property
+    def ok(self) -> bool:
+        return self.result in (PayNowResult.PAID, PayNowResult.ALREADY_PAID)
+
+
+def pay_now(invoice_id: int, *, now: datetime | None = None) -> PayNowOutcome:
+    """Charge one open invoice right now (trigger "pay_now") if it can be paid; never raises."""
+    invoice = db.session.get(Invoice, invoice_id)
+    if invoice is not None and not can_pay_now(invoice):
+        return PayNowOutcome(PayNowResult.ALREADY_PAID if invoice.status == InvoiceStatus.PAID
+                             else PayNowResult.NOTHING_TO_PAY, invoice)
+    try:
+        attempt = charge_invoice(invoice_id, trigger="pay_now", now=now)
+    except Exception:  # noqa: BLE001 - the page must answer even when Stripe or the database hiccups
+        db.session.rollback()
+        log.exception("pay now of invoice %s failed", invoice_id)
+        return PayNowOutcome(PayNowResult.UNREACHABLE, db.session.get(Invoice, invoice_id))
+    db.session.expire_all()
+    invoice = db.session.get(Invoice, invoice_id)
+    status = attempt.status
+    if invoice is not None and invoice.status == InvoiceStatus.PAID:
+        return PayNowOutcome(PayNowResult.PAID if status != SKIPPED else PayNowResult.ALREADY_PAID, invoice)
+    result = {AttemptStatus.FAILED: PayNowResult.DECLINED, AttemptStatus.ACTION_REQUIRED: PayNowResult.ACTION_REQUIRED,
+              AttemptStatus.ERROR: PayNowResult.RETRY_LATER, SKIPPED: PayNowResult.NOT_CHARGED}.get(
+        status, PayNowResult.NOT_PAID)
+    return PayNowOutcome(result, invoice, attempt.error_message)
+
+
+def _open_invoice_ids(tenant_id: int) -> list[int]:
+    return list(db.session.scalars(
+        select(Invoice.id).where(Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN)
+        .order_by(Invoice.period_start, Invoice.id).limit(50)))
+
+
+def _default_card(tenant_id: int) -> str | None:
+    """The tenant's default payment method in Stripe; None when unknown (no customer, or Stripe unreachable)."""
+    customer = db.session.scalar(select(Tenant.stripe_customer_id).where(Tenant.id == tenant_id))
+    if not customer:
+        return None
+    try:
+        return gateway.default_payment_method(customer)
+    except Exception:  # noqa: BLE001 - only used to tell what changed; never blocks the card update
+        return None
+
+
+def payment_portal_url(tenant_id: int, return_url: str) -> str:
+    """A fresh Stripe Customer Portal session (payment-method update) for a tenant; creates the customer if needed."""
+    return gateway.portal_session_url(ensure_customer(tenant_id), return_url)
+
+
+def card_update_snapshot(tenant_id: int) -> dict[str, Any]:
+    """What the tenant had before going to the portal (default card, open invoices): the return's outcome
+    compares with it, so it tells what actually changed (a webhook may have charged in between)."""
+    return {"card": _default_card(tenant_id), "open": _open_invoice_ids(tenant_id)}
+
+
+class CardUpdateResult(StrEnum):
+    UNCHANGED = "unchanged"  # back from the portal with the same default card
+    UNREACHABLE = "unreachable"  # the card is saved; charging the open invoices failed (the retries follow)
+    NOTHING_DUE = "nothing_due"
+    ALL_PAID = "all_paid"
+    STILL_OPEN = "still_open"
+
+
+@dataclass(frozen=True)
+class CardUpdateOutcome:
+    """What charging a tenant's open invoices after a card update did."""
+
+    result: CardUpdateResult
+    still_open: int = 0  # open invoices left
+    error: str | None = None  # the latest payment error among them
+
+    @property
+    def ok(self) -> bool:
+        return self.result in (CardUpdateResult.NOTHING_DUE, CardUpdateResult.ALL_PAID)
+
+
+def retry_after_card_update(tenant_id: int, before: Mapping[str, Any] | None = None, *,
+                            now: datetime | None = None) -> CardUpdateOutcome:
+    """Charge a tenant's open invoices at once after a card change; the outcome is true to what happened since
+    `before` (card_update_snapshot at the portal's opening). Never raises."""
+    before = before or {}
+    card_before = before.get("card")
+    if card_before and _default_card(tenant_id) == card_before:
+        return CardUpdateOutcome(CardUpdateResult.UNCHANGED, len(_open_invoice_ids(tenant_id)))
+    were_open = set(before.get("open") or []) | set(_open_invoice_ids(tenant_id))
+    try:
+        retry_open_invoices(tenant_id, trigger="card_updated", now=now)
+    except Exception:  # noqa: BLE001 - the new card is saved either way; the scheduled retries will follow
+        db.session.rollback()
+        log.exception("retrying tenant %s's open invoices failed", tenant_id)
+        return CardUpdateOutcome(CardUpdateResult.UNREACHABLE)
+    db.session.expire_all()
+    still_open = list(db.session.scalars(
+        select(Invoice).where(Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN)
+        .order_by(Invoice.period_start)))
+    if not still_open:
+        return CardUpdateOutcome(CardUpdateResult.ALL_PAID if were_open else CardUpdateResult.NOTHING_DUE)
+    errors = [inv.last_payment_error for inv in still_open if inv.last_payment_error]
+    return CardUpdateOutcome(CardUpdateResult.STILL_OPEN, len(still_open), errors[-1] if errors else None)

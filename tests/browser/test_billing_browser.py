@@ -18,14 +18,14 @@ from playwright.sync_api import expect
 from app import stripe_gateway
 from app.extensions import db
 from app.models import Invoice, Tenant
-from app.services import billing_views, clock
+from app.services import clock
 from app.services.dunning import reevaluate_tenant, run_pass
 from app.services.invoicing import invoice_and_charge
-from tests.billing_support import add_usage, tenant_with_card
+from app.system_billing.queries import default_period, period_choices
+from tests.billing_support import add_usage
 from tests.browser.conftest import assert_equals_reload, assert_no_reload, mark_no_reload, screenshot, sign_in
 from tests.conftest import run_jobs
-from tests.factories import PASSWORD, admin_email, make_root, make_tenant, utc
-from tests.test_dunning import at, make_invoice
+from tests.factories import PASSWORD, admin_email, at, make_invoice, make_root, make_tenant, tenant_with_card, utc
 
 pytestmark = pytest.mark.browser
 
@@ -33,7 +33,7 @@ LONG_AGO = utc(2020, 1, 1)
 
 
 def last_month() -> tuple[str, date]:
-    period = billing_views.default_period()
+    period = default_period()
     year, month = clock.parse_period(period)
     return period, date(year, month, 5)
 
@@ -114,7 +114,7 @@ def test_force_run_of_a_declined_tenant_shows_the_failure_and_the_open_balance(p
 def test_force_run_from_the_tenant_page_updates_balance_and_invoices_and_keeps_the_month(page, emulator, plans):
     make_root()
     tenant = card_tenant("pm_card_chargeCustomerFail", "Dunmore Roofing")
-    period = billing_views.period_choices()[1]  # not the default month: the select must keep it
+    period = period_choices()[1]  # not the default month: the select must keep it
     sign_in(page, "root@example.com", PASSWORD)
     page.goto(f"/admin/system-billing/tenants/{tenant.id}")
     expect(page.locator("#tenant-balance")).to_have_text("$0.00")

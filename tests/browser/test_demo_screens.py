@@ -10,22 +10,21 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from app.services import billing_views
 from app.services.seed import seed_demo
+from app.system_billing.queries import default_period
 from tests.browser.conftest import assert_equals_reload, assert_no_reload, mark_no_reload, save_screenshot, sign_in
 from tests.conftest import run_jobs
-from tests.webhook_support import fast_stripe_retries, hook  # noqa: F401 - fixtures
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("fast_stripe_retries")]
 
 PASSWORD = "demo-password"
 
 
-def test_the_demo_story_runs_last_month_and_the_decliner_pays(page, emulator, hook):  # noqa: F811
+def test_the_demo_story_runs_last_month_and_the_decliner_pays(page, emulator, hook):
     hook()  # the emulator delivers its events to the app, as under `make run`
     seed_demo(PASSWORD)
     run_jobs(("webhooks", "billing", "default"))
-    period = billing_views.default_period()
+    period = default_period()
 
     sign_in(page, "root@example.com", PASSWORD)
     expect(page.get_by_label("Month", exact=True)).to_have_value(period)  # the month left for the newcomer

@@ -10,14 +10,15 @@ from datetime import date, timedelta
 
 import pytest
 
+from app import queue
 from app.extensions import db
 from app.models import BillingRun
-from app.services import billing_views, clock
+from app.services import clock
 from app.services.invoicing import start_billing_run
+from app.system_billing.queries import default_period
 from tests.browser.conftest import axe_problems, keyboard_problems, sign_in
 from tests.conftest import run_jobs
-from tests.factories import PASSWORD, admin_email, make_root, make_tenant, utc
-from tests.test_dunning import at, make_invoice
+from tests.factories import PASSWORD, admin_email, at, make_invoice, make_root, make_tenant, utc
 
 pytestmark = pytest.mark.browser
 
@@ -74,11 +75,11 @@ def test_every_page_passes_axe_and_the_keyboard_and_loads_whole(watched, app, pl
     open_inv = make_invoice(late, at(clock.today() - timedelta(days=20)), amount=4900, number="SP-OPEN-1")
     ok = make_tenant("Acme Plumbing", created_at=utc(2020, 1, 1))
     # A run and a force-run that ended (no Stripe here: they fail, and say so), for their pages.
-    start_billing_run(billing_views.default_period())
-    billing_views.enqueue_force_run(ok.id, billing_views.default_period())
+    period = default_period()
+    start_billing_run(period)
+    queue.enqueue_invoice(ok.id, period, queue.FORCE_RUN)
     run_jobs(("billing",))
     run_id = db.session.scalar(db.select(BillingRun.id))
-    period = billing_views.default_period()
 
     seen: set[str] = set()
     broken: list[str] = []

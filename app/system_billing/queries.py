@@ -1,4 +1,4 @@
-"""Read models for the billing pages: what the tenant billing page and the root system billing page show.
+"""The system billing pages' read models: the tenants table, the overview, runs, force-runs and one tenant.
 
 The system page reads any page of any number of tenants with a constant number of statements:
 - `tenant_page`: ONE statement — an inner SELECT filters, sorts and pages the tenants (with `count(*) OVER ()`
@@ -14,28 +14,29 @@ One "as of" per page: overdue days and stages are what the last dunning pass sto
 the aged buckets, the "since" dates and the as-of date the page prints are all read against that pass's day —
 never against the wall clock, which may be days apart (a pass run with `--as-of`, or a scheduler that stopped).
 
-Force-run status is read from the RQ job with the deterministic id the monthly tick also uses, so a force-run
-and a scheduled run of the same tenant and month are one job; each tenant's latest force-run is remembered
-(as long as RQ keeps the job's result) so the pages show it again after a reload.
+A force-run is the tenant's invoice job for a month (app/queue.py: the id the monthly tick also uses, so a
+force-run and a scheduled run of the same tenant and month are one job); its state is read from RQ, and each
+tenant's latest force-run is shown again after a reload for as long as RQ keeps the job's result.
+The words the pages show live in components.py and the templates.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+import logging
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Mapping
 
 from sqlalchemy import String, and_, case, func, literal, or_, select, union_all
 
+from app import queue
 from app.extensions import db
-from app.models import (AuditLog, BillingRun, BillingRunOutcome, DunningStage, Invoice, InvoiceSequence,
-                        InvoiceStatus, Plan, PlanPrice, Tenant, owed, utcnow)
-from app.services import clock, pricing
-from app.services.usage import month_usage
+from app.models import (AuditLog, BillingRun, BillingRunOutcome, DunningEvent, DunningStage, Invoice,
+                        InvoiceSequence, InvoiceStatus, PaymentAttempt, Plan, Tenant, owed, utcnow)
+from app.paging import Paged
+from app.services import clock, webhooks
+from app.services.invoicing import NUMBER_PREFIX, RunResult, RunSummary, period_end_utc
 
-#: The HX-Trigger event an action's answer raises when billing figures changed: every region of the page marked
-#: `data-live` then refreshes from one fresh render of the page (app/static/app.js), so the page equals a reload.
-BILLING_CHANGED = "billing-changed"
+log = logging.getLogger(__name__)
 
 # -- the system billing table: query parameters --------------------------------------------------------------
 
@@ -162,22 +163,10 @@ class TenantRow:
 
 
 @dataclass(frozen=True)
-class TenantPage:
+class TenantPage(Paged):
     query: TenantQuery
     rows: list[TenantRow]
     total: int
-
-    @property
-    def pages(self) -> int:
-        return max(1, math.ceil(self.total / self.query.per_page))
-
-    @property
-    def first_index(self) -> int:
-        return (self.query.page - 1) * self.query.per_page + 1 if self.rows else 0
-
-    @property
-    def last_index(self) -> int:
-        return self.first_index + len(self.rows) - 1 if self.rows else 0
 
 
 def _open_aggregate():
@@ -290,8 +279,6 @@ def _aware(value: Any) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
-        from datetime import timezone
-
         value = value.replace(tzinfo=timezone.utc)
     return value
 
@@ -379,9 +366,11 @@ def tenant_as_of(row: TenantRow, *, now: datetime | None = None) -> date:
     return clock.today(now)
 
 
-def overview(*, now: datetime | None = None, as_of: date | None = None) -> Overview:
+def overview(*, now: datetime | None = None, as_of: date | None = None, periods: list[str] | None = None
+             ) -> Overview:
     """Aged open balance (by days overdue as of `as_of`, default overdue_as_of()), money collected this month,
-    tenants per stage and the month that has work (see work_period): one statement (two without as_of)."""
+    tenants per stage and the month of `periods` (default period_choices()) that has work (see work_period):
+    one statement (two without as_of)."""
     now = now or utcnow()
     today = clock.today(now)
     as_of = as_of or overdue_as_of(now=now)
@@ -406,7 +395,7 @@ def overview(*, now: datetime | None = None, as_of: date | None = None) -> Overv
              .where(or_(i.c.status == InvoiceStatus.OPEN.value, paid_this_month))
              .group_by(i.c.currency, bucket))
     # Tenants per stage, split by the oldest picker month each was billable for (see work_period).
-    choices = period_choices(today)
+    choices = periods or period_choices(today)
     born = case(*[(t.c.created_at < _period_end(p), n) for n, p in reversed(list(enumerate(choices)))], else_=-1)
     tb = select(t.c.dunning_stage, born.label("born")).subquery("tb")
     stages = select(literal("stage", String), tb.c.dunning_stage, tb.c.born, func.count(), literal(0)) \
@@ -439,14 +428,10 @@ def overview(*, now: datetime | None = None, as_of: date | None = None) -> Overv
 
 
 def _period_end(period: str) -> datetime:
-    from app.services.invoicing import period_end_utc
-
     return period_end_utc(*clock.parse_period(period))
 
 
 def _number_prefix(period: str) -> str:
-    from app.services.invoicing import NUMBER_PREFIX
-
     return f"{NUMBER_PREFIX}-{period}"
 
 
@@ -469,20 +454,18 @@ def work_period(choices: list[str], billable_from: dict[int, int], numbers: dict
     return None
 
 
-def tenant_work_period(tenant: Tenant, invoices: list[Invoice], today: date | None = None) -> str:
-    """The month a force-run of one tenant defaults to: its newest billable month without a live invoice, else
-    the previous month (from invoices already loaded: no query)."""
+def tenant_work_period(tenant: Tenant, invoices: list[Invoice], periods: list[str]) -> str:
+    """The month of `periods` (newest first) a force-run of one tenant defaults to: its newest billable month
+    without a live invoice, else the newest (from invoices already loaded: no query)."""
     done = {inv.period_start.strftime("%Y-%m") for inv in invoices
             if inv.status not in (InvoiceStatus.VOID, InvoiceStatus.DRAFT)}
-    choices = period_choices(today)
-    for period in choices:
+    for period in periods:
         if tenant.created_at < _period_end(period) and period not in done:
             return period
-    return choices[0]
+    return periods[0]
 
-def latest_run() -> BillingRun | None:
-    """The most recent "run all tenants" (for its progress bar)."""
-    return db.session.scalar(select(BillingRun).order_by(BillingRun.id.desc()).limit(1))
+
+# -- billing runs ----------------------------------------------------------------------------------------------
 
 
 def run_with_summary(run_id: int | None = None):
@@ -490,8 +473,6 @@ def run_with_summary(run_id: int | None = None):
 
     Returns (run, summary) — (None, empty summary) when there is no such run.
     """
-    from app.services.invoicing import RunSummary
-
     wanted = run_id if run_id is not None else (
         select(BillingRun.id).order_by(BillingRun.id.desc()).limit(1).scalar_subquery())
     rows = db.session.execute(
@@ -527,8 +508,6 @@ def run_problems(run: BillingRun | None, summary: Any, *, limit: int = 50) -> di
     """
     if run is None or not (summary.total("failed") or any(summary.count(r) for r in _ATTEMPT_REASONS.values())):
         return {}
-    from app.models import PaymentAttempt
-
     first = date(*clock.parse_period(run.period), 1)
     end = run.finished_at or utcnow()
     a, i, t = PaymentAttempt.__table__, Invoice.__table__, Tenant.__table__
@@ -552,7 +531,7 @@ def run_problems(run: BillingRun | None, summary: Any, *, limit: int = 50) -> di
             continue
         seen.add((reason, tenant_id))
         text = (message or "").removeprefix(prefix).strip() or "no detail recorded"
-        out.setdefault(reason, []).append(NamedOutcome(tenant_id, name, _sentence(text)))
+        out.setdefault(reason, []).append(NamedOutcome(tenant_id, name, text))
     for named in out.values():
         named.sort(key=lambda n: n.name.lower())
     return out
@@ -574,8 +553,6 @@ class HeadlinePart:
 
 def run_headline(summary: Any, problems: Mapping[str, list[NamedOutcome]]) -> list[HeadlinePart]:
     """A run's result as one line of reasons, most telling first, naming the tenants it could not settle."""
-    from app.services.invoicing import RunResult
-
     parts: list[HeadlinePart] = []
     failed = summary.reasons(RunResult.FAILED)
     for result in RunResult:
@@ -589,17 +566,12 @@ def run_headline(summary: Any, problems: Mapping[str, list[NamedOutcome]]) -> li
     return parts
 
 
-def failed_webhook_events(limit: int = 20) -> list[Any] | None:
-    """Failed Stripe webhook events for the replay list, or None while the webhook service is not installed."""
-    try:
-        from app.services import webhooks
-    except ImportError:
-        return None
-    fn = getattr(webhooks, "failed_events", None)
-    return None if fn is None else list(fn(limit))
+def failed_webhook_events(limit: int = 20) -> list[Any]:
+    """Failed Stripe webhook events for the replay list, newest first."""
+    return webhooks.failed_events(limit)
 
 
-# -- periods and force-runs ------------------------------------------------------------------------------------
+# -- months and force-runs -------------------------------------------------------------------------------------
 
 def default_period(today: date | None = None) -> str:
     """The month a force-run defaults to: the previous calendar month in the billing zone."""
@@ -617,160 +589,41 @@ def period_choices(today: date | None = None, count: int = 12) -> list[str]:
     return out
 
 
-def parse_period_input(text: str | None, today: date | None = None) -> str:
-    """Validate a YYYY-MM period a root admin asked to invoice; ValueError with a message people can read."""
-    text = (text or "").strip()
-    try:
-        year, month = clock.parse_period(text)
-    except ValueError:
-        raise ValueError("Enter the month as YYYY-MM, for example 2026-09.") from None
-    if len(text) != 7 or year < 2000:
-        raise ValueError("Enter the month as YYYY-MM, for example 2026-09.")
-    latest = default_period(today)
-    period = f"{year:04d}-{month:02d}"
-    if period > latest:
-        raise ValueError(f"{period} has not ended yet: the latest month you can invoice is {latest}.")
-    return period
-
-
-POLLING_STATES = ("queued", "started", "deferred", "scheduled")
-
-
 @dataclass(frozen=True)
 class ForceRun:
-    """What the force-run status component shows for one tenant and month."""
+    """A tenant's invoice job for a month, as RQ knows it."""
 
     tenant_id: int
     period: str
-    state: str  # idle (no job), queued, started, deferred, scheduled, finished, failed
-    message: str = ""
-    tone: str = "info"  # info, ok, bad — the badge colour
+    status: str  # idle (no such job), or RQ's: queued, started, deferred, scheduled, finished, failed, stopped, …
+    outcome: Any = None  # what the job returned once finished (an InvoiceOutcome)
 
-    @property
-    def polling(self) -> bool:
-        return self.state in POLLING_STATES
-
-    @property
-    def done(self) -> bool:
-        return self.state in ("finished", "failed")
+    @classmethod
+    def of(cls, tenant_id: int, period: str, state: queue.JobState | None) -> ForceRun:
+        return cls(tenant_id, period, state.status, state.result) if state else cls(tenant_id, period, "idle")
 
 
-def force_run_job_id(tenant_id: int, period: str) -> str:
-    """The invoice job's id for a tenant and month (shared with the monthly tick: one job, never two)."""
-    return f"invoice-{tenant_id}-{period}"
+def force_run(tenant_id: int, period: str) -> ForceRun:
+    """The state of a tenant's invoice job for a month (idle when RQ knows none)."""
+    return ForceRun.of(tenant_id, period, queue.job_state(queue.invoice_job_id(tenant_id, period)))
 
 
-_LAST_FORCE_RUN_TTL = 3600  # as long as enqueue_unique keeps a finished job's result (result_ttl)
-
-
-def _last_force_run_key(tenant_id: int) -> str:
-    return f"servicepro:force-run-last:{tenant_id}"
-
-
-def enqueue_force_run(tenant_id: int, period: str) -> ForceRun:
-    """Queue the invoice job for a tenant and month, or return the one already queued or running."""
-    from app.extensions import rq
-    from app.jobs import enqueue_unique
-
-    job = enqueue_unique("billing", "app.jobs.invoice_tenant", tenant_id, period, "force_run",
-                         job_id=force_run_job_id(tenant_id, period))
-    # Remembered so the pages show this force-run again after a reload, whichever month they offer by default.
-    rq.connection.set(_last_force_run_key(tenant_id), period, ex=_LAST_FORCE_RUN_TTL)
-    return _from_job(tenant_id, period, job)
-
-
-def force_run_status(tenant_id: int, period: str) -> ForceRun:
-    """The state of a tenant's invoice job for a month, read from RQ (idle when there is none)."""
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job
-
-    from app.extensions import rq
-
-    try:
-        job = Job.fetch(force_run_job_id(tenant_id, period), connection=rq.connection)
-    except NoSuchJobError:
-        return ForceRun(tenant_id, period, "idle")
-    return _from_job(tenant_id, period, job)
-
-
-def last_force_runs(tenant_ids: list[int]) -> dict[int, ForceRun]:
+def latest_force_runs(tenant_ids: list[int]) -> dict[int, ForceRun]:
     """Each tenant's latest force-run still known to RQ (two Redis round trips for any number of tenants).
 
     Redis trouble reads as "no force-run": the page still shows every tenant's billing state.
     """
-    from rq.job import Job
-
-    from app.extensions import rq
-
-    if not tenant_ids:
-        return {}
     try:
-        periods = rq.connection.mget([_last_force_run_key(t) for t in tenant_ids])
-        wanted = [(t, p.decode()) for t, p in zip(tenant_ids, periods, strict=True) if p]
-        if not wanted:
-            return {}
-        jobs = Job.fetch_many([force_run_job_id(t, p) for t, p in wanted], connection=rq.connection)
-        return {t: _from_job(t, p, job, refresh=False) for (t, p), job in zip(wanted, jobs, strict=True)
-                if job is not None}
+        found = queue.latest_force_runs(tenant_ids)
     except Exception:  # noqa: BLE001 - see the docstring
-        import logging
-
-        logging.getLogger(__name__).warning("could not read the latest force-runs", exc_info=True)
+        log.warning("could not read the latest force-runs", exc_info=True)
         return {}
+    return {t: ForceRun.of(t, period, state) for t, (period, state) in found.items()}
 
 
-def last_force_run(tenant_id: int) -> ForceRun | None:
+def latest_force_run(tenant_id: int) -> ForceRun | None:
     """A tenant's latest force-run still known to RQ, if any."""
-    return last_force_runs([tenant_id]).get(tenant_id)
-
-
-def _from_job(tenant_id: int, period: str, job: Any, *, refresh: bool = True) -> ForceRun:
-    status = job.get_status(refresh=refresh)
-    status = str(getattr(status, "value", status) or "queued")  # rq's JobStatus enum, or a plain string
-    if status in POLLING_STATES:
-        return ForceRun(tenant_id, period, status,
-                        "Running…" if status == "started" else "Queued, waiting for a worker…")
-    if status == "finished":
-        message, tone = describe_outcome(job.return_value())
-        return ForceRun(tenant_id, period, "finished", message, tone)
-    return ForceRun(tenant_id, period, "failed", f"The job {status}: see the worker log.", "bad")
-
-
-def describe_outcome(outcome: Any) -> tuple[str, str]:
-    """A sentence and a tone for an InvoiceOutcome (the invoice job's result)."""
-    if outcome is None:
-        return "Finished.", "info"
-    from app.services.invoicing import REASON_LABELS, Reason
-
-    result = str(getattr(outcome, "result", ""))
-    payment = getattr(outcome, "payment", None)
-    status = getattr(outcome, "invoice_status", None)
-    reason = getattr(outcome, "reason", None)
-    code = getattr(outcome, "code", None)  # absent from results of jobs queued before reasons existed
-    if result == "failed":
-        if code == Reason.STRIPE_UNREACHABLE:
-            return "Stripe is not reachable: nothing was invoiced or charged; the next run retries.", "bad"
-        label = REASON_LABELS.get(code) if code not in (None, Reason.ERROR) else None
-        return f"Invoicing failed{f' ({label})' if label else ''}: {reason or 'unknown error'}", "bad"
-    if payment == "succeeded" or (payment is None and status == InvoiceStatus.PAID.value and result == "invoiced"):
-        return "Invoiced and paid.", "ok"
-    if payment == "failed":
-        return f"Invoiced; payment failed: {reason or 'declined'}", "bad"
-    if payment == "action_required":
-        return f"Invoiced; the customer must authenticate the payment: {reason or ''}".rstrip(": "), "bad"
-    if payment == "error":
-        return f"Invoiced; the charge could not be made now and will be retried ({reason or 'Stripe error'}).", \
-            "bad"
-    if result == "skipped":
-        if code == Reason.CREATED_AFTER_PERIOD:
-            period = getattr(outcome, "period", "")
-            return f"Nothing to do: the tenant was created after {period}, so it is not billed for it.", "info"
-        if code in (Reason.CHARGE_RETRY, Reason.STRIPE_REFUSED):
-            return f"Not charged now: {reason}", "bad"
-        shown = f" (invoice {status})" if status else ""
-        why = REASON_LABELS.get(code) or reason or "already done"
-        return f"Nothing to do: {why}{shown}.", "ok" if status == "paid" else "info"
-    return f"Invoiced{f' ({status})' if status else ''}.", "ok" if status == "paid" else "info"
+    return latest_force_runs([tenant_id]).get(tenant_id)
 
 
 # -- the root's tenant page -------------------------------------------------------------------------------------
@@ -788,16 +641,14 @@ class TenantDetail:
 def tenant_detail(tenant_id: int, *, invoices: int = 24, audits: int = 20, now: datetime | None = None
                   ) -> TenantDetail | None:
     """Everything the root's tenant billing page shows: the row, recent invoices and the audit trail."""
-    from app.models import DunningEvent
-
     row = tenant_row(tenant_id)
     if row is None:
         return None
     tenant = db.session.get(Tenant, tenant_id)
     invs = list(db.session.scalars(select(Invoice).where(Invoice.tenant_id == tenant_id)
                                    .order_by(Invoice.period_start.desc(), Invoice.id.desc()).limit(invoices)))
-    log = list(db.session.scalars(select(AuditLog).where(AuditLog.tenant_id == tenant_id)
-                                  .order_by(AuditLog.id.desc()).limit(audits)))
+    trail = list(db.session.scalars(select(AuditLog).where(AuditLog.tenant_id == tenant_id)
+                                    .order_by(AuditLog.id.desc()).limit(audits)))
     since = None
     if tenant.dunning_stage != DunningStage.OK:
         # The day the pass counted to, not the moment it ran: a pass run with --as-of dates its changes then.
@@ -806,300 +657,5 @@ def tenant_detail(tenant_id: int, *, invoices: int = 24, audits: int = 20, now: 
             .order_by(DunningEvent.id.desc()).limit(1))
         if since is None and tenant.dunning_stage_since is not None:
             since = clock.local_day(tenant.dunning_stage_since)
-    return TenantDetail(row=row, tenant=tenant, invoices=invs, audits=log, as_of=tenant_as_of(row, now=now),
+    return TenantDetail(row=row, tenant=tenant, invoices=invs, audits=trail, as_of=tenant_as_of(row, now=now),
                         stage_since=since)
-
-
-# -- the tenant billing page ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class UsageEstimate:
-    month_start: date
-    month_end: date
-    through: date | None  # the last day whose usage is counted (rollups are built nightly up to yesterday)
-    lines: list[pricing.LineDraft]  # the invoice as it would be if the month ended with today's usage
-    so_far: int
-    projected: int | None  # the month's invoice at the current daily pace (None on the month's first day)
-    currency: str
-
-
-INVOICES_PER_PAGE = 6  # CONTRACT §5: the billing page shows the last 6 invoices; a pager leads to the rest
-
-
-@dataclass(frozen=True)
-class InvoiceQuery:
-    """Which page of a tenant's invoices the billing page shows (from GET query arguments)."""
-
-    page: int = 1
-    tenant_id: int | None = None  # a root admin's read-only look at a tenant (?tenant_id=)
-    per_page: int = INVOICES_PER_PAGE
-
-    @classmethod
-    def from_args(cls, args: Mapping[str, str], tenant_id: int | None = None) -> InvoiceQuery:
-        """Read ?page=; anything unusable is page 1 (never an error)."""
-        return cls(page=max(1, min(_int(args.get("page"), 1), 1_000_000)), tenant_id=tenant_id)
-
-    def args(self, **changes: Any) -> dict[str, Any]:
-        """Query arguments for a link to this view with some changes (page 1 left out of the URL)."""
-        merged = replace(self, **changes)
-        out: dict[str, Any] = {}
-        if merged.tenant_id is not None:
-            out["tenant_id"] = merged.tenant_id
-        if merged.page != 1:
-            out["page"] = merged.page
-        return out
-
-
-@dataclass(frozen=True)
-class InvoicePage:
-    """One page of a tenant's invoices, newest first; page 1 also lists older invoices still open (to pay them)."""
-
-    query: InvoiceQuery
-    rows: list[Invoice]
-    total: int
-    older_open: list[Invoice] = field(default_factory=list)
-
-    @property
-    def pages(self) -> int:
-        return max(1, math.ceil(self.total / self.query.per_page))
-
-    @property
-    def first_index(self) -> int:
-        return (self.query.page - 1) * self.query.per_page + 1 if self.rows else 0
-
-    @property
-    def last_index(self) -> int:
-        return self.first_index + len(self.rows) - 1 if self.rows else 0
-
-
-def invoice_page(tenant_id: int, query: InvoiceQuery) -> InvoicePage:
-    """A page of a tenant's issued invoices (drafts are not shown) with the total: one statement, two on page 1."""
-    i = Invoice.__table__
-    stmt = (select(Invoice, func.count().over().label("total"))
-            .where(Invoice.tenant_id == tenant_id, Invoice.status != InvoiceStatus.DRAFT)
-            .order_by(Invoice.period_start.desc(), Invoice.id.desc())
-            .limit(query.per_page).offset((query.page - 1) * query.per_page))
-    found = db.session.execute(stmt).all()
-    if found:
-        total = int(found[0].total)
-    else:
-        total = int(db.session.scalar(select(func.count()).select_from(i).where(
-            i.c.tenant_id == tenant_id, i.c.status != InvoiceStatus.DRAFT.value)) or 0)
-    rows = [r[0] for r in found]
-    older: list[Invoice] = []
-    if query.page == 1 and len(rows) == query.per_page:
-        shown = {inv.id for inv in rows}
-        older = [inv for inv in db.session.scalars(
-            select(Invoice).where(Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN)
-            .order_by(Invoice.period_start.desc(), Invoice.id.desc())) if inv.id not in shown]
-    return InvoicePage(query=query, rows=rows, total=total, older_open=older)
-
-
-@dataclass
-class TenantBilling:
-    tenant: Tenant
-    plan: Plan
-    prices: list[PlanPrice]
-    balance_due: int
-    currency: str
-    next_invoice_date: date
-    invoices: InvoicePage
-    usage: UsageEstimate
-    as_of: date  # the day overdue days are counted to (see tenant_billing_as_of)
-
-
-
-def usage_estimate(tenant: Tenant, plan: Plan, prices: list[PlanPrice], *, now: datetime | None = None
-                   ) -> UsageEstimate:
-    """Usage so far this month priced as the next invoice would be (pricing.compute_lines), and a projection."""
-    today = clock.today(now)
-    first, last = clock.month_bounds(today.year, today.month)
-    used = month_usage(tenant.id, today.year, today.month)
-    lines = pricing.compute_lines(plan, prices, used, first, last)
-    elapsed = (today - first).days  # whole days counted so far (today's usage is not rolled up yet)
-    projected = None
-    if elapsed > 0:
-        days = (last - first).days + 1
-        pace = {metric: (qty * days + elapsed // 2) // elapsed for metric, qty in used.items()}
-        projected = pricing.total(pricing.compute_lines(plan, prices, pace, first, last))
-    return UsageEstimate(month_start=first, month_end=last, through=today - timedelta(days=1) if elapsed else None,
-                         lines=lines, so_far=pricing.total(lines), projected=projected, currency=plan.currency)
-
-
-def tenant_billing(tenant: Tenant, query: InvoiceQuery | None = None, *, now: datetime | None = None
-                   ) -> TenantBilling:
-    """Everything the tenant billing page shows (invoicing.billing_status plus usage and a page of invoices)."""
-    from app.services.invoicing import billing_status
-
-    now = now or utcnow()
-    status = billing_status(tenant, now=now, limit=0)
-    prices = list(status.plan.prices)
-    return TenantBilling(tenant=tenant, plan=status.plan, prices=prices, balance_due=status.balance_due,
-                         currency=status.currency, next_invoice_date=status.next_invoice_date,
-                         invoices=invoice_page(tenant.id, query or InvoiceQuery()),
-                         usage=usage_estimate(tenant, status.plan, prices, now=now),
-                         as_of=tenant_billing_as_of(tenant, now=now))
-
-
-def tenant_billing_as_of(tenant: Tenant, *, now: datetime | None = None) -> date:
-    """The day a tenant's overdue days were counted to: its oldest open invoice's due day + the stored overdue
-    days (what its last dunning evaluation used); today when it is not overdue."""
-    if tenant.overdue_days > 0:
-        oldest = _aware(db.session.scalar(select(func.min(Invoice.due_at)).where(
-            Invoice.tenant_id == tenant.id, Invoice.status == InvoiceStatus.OPEN)))
-        if oldest is not None:
-            return clock.local_day(oldest) + timedelta(days=tenant.overdue_days)
-    return clock.today(now)
-
-
-def days_overdue(invoice: Invoice, as_of: date) -> int:
-    """Days an open invoice is overdue as of a day (0 when not open or not yet due)."""
-    if invoice.status != InvoiceStatus.OPEN or invoice.due_at is None:
-        return 0
-    return max(0, (as_of - clock.local_day(invoice.due_at)).days)
-
-
-def balance_due(tenant_id: int) -> int:
-    """What a tenant owes on its open invoices now."""
-    total = db.session.scalar(
-        select(func.coalesce(func.sum(owed(Invoice)), 0))
-        .where(Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN))
-    return max(0, int(total or 0))
-
-
-def can_pay_now(invoice: Invoice) -> bool:
-    """Whether the tenant can retry an invoice's charge from the billing page."""
-    return invoice.status == InvoiceStatus.OPEN and invoice.balance > 0 and bool(invoice.stripe_invoice_id)
-
-
-# -- the tenant's own actions (views stay free of Stripe and payment logic) -----------------------------------
-
-@dataclass(frozen=True)
-class PayResult:
-    """The outcome of a "Pay now" or a post-card-update retry, worded for the tenant."""
-
-    ok: bool
-    message: str
-    invoice: Invoice | None = None
-    hosted_url: str | None = None  # where to authenticate, when the bank asks for it
-    tone: str = ""  # the flash category when neither success nor error fits ("info")
-
-    @property
-    def category(self) -> str:
-        return self.tone or ("success" if self.ok else "error")
-
-
-def pay_now(invoice_id: int, *, now: datetime | None = None) -> PayResult:
-    """Retry the charge of one open invoice right now (trigger "pay_now"); never raises."""
-    from app.services.payments import SKIPPED, charge_invoice
-
-    try:
-        attempt = charge_invoice(invoice_id, trigger="pay_now", now=now)
-    except Exception:  # noqa: BLE001 - the page must answer even when Stripe or the database hiccups
-        db.session.rollback()
-        import logging
-
-        logging.getLogger(__name__).exception("pay now of invoice %s failed", invoice_id)
-        return PayResult(False, "We could not reach the payment provider. Nothing was charged; please try again "
-                                "in a few minutes.", db.session.get(Invoice, invoice_id))
-    db.session.expire_all()
-    invoice = db.session.get(Invoice, invoice_id)
-    status = attempt.status
-    if invoice is not None and invoice.status == InvoiceStatus.PAID:
-        return PayResult(True, "Paid — thank you." if status != SKIPPED else "This invoice is already paid.",
-                         invoice)
-    if status == "failed":
-        return PayResult(False, f"The payment was declined: {_sentence(attempt.error_message or 'card declined')} "
-                                "Update your payment method and try again.", invoice)
-    if status == "action_required":
-        return PayResult(False, "Your bank asks you to confirm this payment. Pay it on the secure invoice page.",
-                         invoice, invoice.hosted_invoice_url if invoice else None)
-    if status == "error":
-        return PayResult(False, "The payment provider could not take the payment just now; it will be retried "
-                                "automatically.", invoice)
-    if status == SKIPPED:
-        why = attempt.error_message or "nothing to charge"
-        return PayResult(False, f"Not charged: {why}.", invoice)
-    return PayResult(False, "The payment did not go through.", invoice)
-
-
-def _open_invoice_ids(tenant_id: int) -> list[int]:
-    return list(db.session.scalars(
-        select(Invoice.id).where(Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN)
-        .order_by(Invoice.period_start, Invoice.id).limit(50)))
-
-
-def _default_card(tenant_id: int) -> str | None:
-    """The tenant's default payment method in Stripe; None when unknown (no customer, or Stripe unreachable)."""
-    from app import stripe_gateway
-
-    customer = db.session.scalar(select(Tenant.stripe_customer_id).where(Tenant.id == tenant_id))
-    if not customer:
-        return None
-    try:
-        return stripe_gateway.default_payment_method(customer)
-    except Exception:  # noqa: BLE001 - only used to word a message; never blocks the card update
-        return None
-
-
-def card_update_snapshot(tenant_id: int) -> dict[str, Any]:
-    """What the tenant had before going to the portal (default card, open invoices): the return's message
-    compares with it, so it tells what actually changed (a webhook may have charged in between)."""
-    return {"card": _default_card(tenant_id), "open": _open_invoice_ids(tenant_id)}
-
-
-def retry_after_card_update(tenant_id: int, before: Mapping[str, Any] | None = None, *,
-                            now: datetime | None = None) -> PayResult:
-    """Charge a tenant's open invoices at once after a card change; the result worded for the tenant, true to
-    what happened since `before` (card_update_snapshot at the portal's opening)."""
-    from app.services.payments import retry_open_invoices
-
-    before = before or {}
-    card_before = before.get("card")
-    if card_before and _default_card(tenant_id) == card_before:
-        count = len(_open_invoice_ids(tenant_id))
-        still = f" {count} invoice{'s are' if count > 1 else ' is'} still open." if count else ""
-        return PayResult(False, "Your payment method was not changed." + still, tone="info")
-    were_open = set(before.get("open") or []) | set(_open_invoice_ids(tenant_id))
-    try:
-        retry_open_invoices(tenant_id, trigger="card_updated", now=now)
-    except Exception:  # noqa: BLE001 - the new card is saved either way; the scheduled retries will follow
-        db.session.rollback()
-        import logging
-
-        logging.getLogger(__name__).exception("retrying tenant %s's open invoices failed", tenant_id)
-        return PayResult(False, "Your payment method was updated, but we could not reach the payment provider "
-                                "to charge your open invoices. They will be retried automatically.")
-    db.session.expire_all()
-    still_open = list(db.session.scalars(
-        select(Invoice).where(Invoice.tenant_id == tenant_id, Invoice.status == InvoiceStatus.OPEN)
-        .order_by(Invoice.period_start)))
-    if not still_open:
-        if not were_open:
-            return PayResult(True, "Your payment method was updated. Nothing was due, so nothing was charged.")
-        return PayResult(True, "Your payment method was updated and every open invoice is paid. Thank you!")
-    errors = [inv.last_payment_error for inv in still_open if inv.last_payment_error]
-    detail = f" ({errors[-1].strip().rstrip('.')})" if errors else ""
-    count = len(still_open)
-    return PayResult(False, f"Your payment method was updated, but {count} invoice{'s' if count > 1 else ''} "
-                            f"could not be charged{detail}. Try another card or pay on the invoice page.")
-
-
-def payment_portal_url(tenant_id: int, return_url: str) -> str:
-    """A fresh Stripe Customer Portal session (payment-method update) for a tenant; creates the customer if needed."""
-    from app import stripe_gateway
-    from app.services.customers import ensure_customer
-
-    return stripe_gateway.portal_session_url(ensure_customer(tenant_id), return_url)
-
-
-def _sentence(text: str) -> str:
-    text = text.strip()
-    return text if text.endswith((".", "!", "?")) else text + "."
-
-
-def format_unit_price(unit_price: Any, currency: str) -> str:
-    """A plan's unit price for people: "$0.015" for USD, "0.015 EUR" otherwise (sub-cent digits kept)."""
-    text = pricing.format_major(unit_price, currency)
-    amount, _, code = text.partition(" ")
-    return f"${amount}" if code.lower() == "usd" else text
