@@ -8,22 +8,11 @@ from app import queue
 from app.access import TENANT, access
 from app.extensions import db
 from app.models import Tenant, utcnow
+from app.tenants.views import tenant_for_view
 from app.services.accounts import (INVITATION_TTL, FormError, cancel_invitation, change_billing_email, invite_admin,
                                    resend_invitation, team_of)
 
 bp = Blueprint("team", __name__)
-
-
-def _tenant() -> Tenant:
-    """The signed-in tenant admin's tenant, or the one a root admin names with ?tenant_id=."""
-    if current_user.is_root:
-        tenant_id = request.args.get("tenant_id", type=int)
-        tenant = db.session.get(Tenant, tenant_id) if tenant_id else None
-    else:
-        tenant = db.session.get(Tenant, current_user.tenant_id)
-    if tenant is None:
-        abort(404)
-    return tenant
 
 
 def _back(tenant: Tenant):
@@ -42,13 +31,13 @@ def _page(tenant: Tenant, *, errors: dict[str, str] | None = None, form: dict | 
 @bp.route("/admin/team")
 @access(TENANT, billing_ok=True)
 def index():
-    return _page(_tenant())
+    return _page(tenant_for_view())
 
 
 @bp.route("/admin/team/invite", methods=["POST"])
 @access(TENANT, billing_ok=True)
 def invite():
-    tenant = _tenant()
+    tenant = tenant_for_view()
     try:
         row = invite_admin(tenant, request.form.get("email", ""), inviter=current_user._get_current_object())
     except FormError as err:
@@ -62,7 +51,7 @@ def invite():
 @bp.route("/admin/team/invitations/<int:invitation_id>/resend", methods=["POST"])
 @access(TENANT, billing_ok=True)
 def resend(invitation_id: int):
-    tenant = _tenant()
+    tenant = tenant_for_view()
     try:
         row = resend_invitation(tenant, invitation_id, inviter=current_user._get_current_object())
     except FormError as err:
@@ -79,7 +68,7 @@ def resend(invitation_id: int):
 @bp.route("/admin/team/invitations/<int:invitation_id>/cancel", methods=["POST"])
 @access(TENANT, billing_ok=True)
 def cancel(invitation_id: int):
-    tenant = _tenant()
+    tenant = tenant_for_view()
     row = cancel_invitation(tenant, invitation_id, actor=current_user._get_current_object())
     if row is None:
         abort(404)
@@ -91,7 +80,7 @@ def cancel(invitation_id: int):
 @bp.route("/admin/team/billing-email", methods=["POST"])
 @access(TENANT, billing_ok=True)
 def billing_email():
-    tenant = _tenant()
+    tenant = tenant_for_view()
     try:
         changed = change_billing_email(tenant, request.form.get("billing_email", ""), actor_user_id=current_user.id)
     except FormError as err:

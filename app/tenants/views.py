@@ -46,7 +46,7 @@ def new_tenant():
     return render_template("tenants/new.html", plans=plans, form=form, errors=errors)
 
 
-def _tenant_for_view() -> Tenant:
+def tenant_for_view() -> Tenant:
     """The signed-in tenant admin's tenant, or the one a root admin picked with ?tenant_id=."""
     if current_user.is_root:
         tenant_id = request.args.get("tenant_id", type=int)
@@ -61,7 +61,7 @@ def _tenant_for_view() -> Tenant:
 @bp.route("/admin/usage")
 @access(TENANT)
 def usage():
-    tenant = _tenant_for_view()
+    tenant = tenant_for_view()
     today = clock.today()
     first, last = clock.month_bounds(today.year, today.month)
     totals = month_usage(tenant.id, today.year, today.month)
@@ -77,7 +77,7 @@ def usage():
 @bp.route("/admin/api-keys", methods=["GET", "POST"])
 @access(TENANT)
 def api_keys():
-    tenant = _tenant_for_view()
+    tenant = tenant_for_view()
     new_key = None
     if request.method == "POST":
         new_key = issue_api_key(tenant, label=(request.form.get("label") or "default")[:120])
@@ -90,7 +90,7 @@ def api_keys():
 @bp.route("/admin/api-keys/<int:key_id>/revoke", methods=["POST"])
 @access(TENANT)
 def revoke_key(key_id: int):
-    tenant = _tenant_for_view()
+    tenant = tenant_for_view()
     key = revoke_api_key(key_id, tenant_id=tenant.id, actor_user_id=current_user.id)
     if key is None:
         abort(404)  # another tenant's key, or none at all: the same answer
