@@ -13,12 +13,11 @@ APP = Path(__file__).resolve().parent.parent / "app"
 JOB_MODULES = {"app.jobs", "app.integrations.jobs"}
 
 # Services that still import rq or app.jobs (phase 2: webhooks split by phase, page read models beside pages).
-SERVICES_STILL_ON_RQ = {"sweeper.py", "webhooks.py"}
+SERVICES_STILL_ON_RQ = {"webhooks.py"}
 
 # Imports that still close a cycle, as (importer, imported): app.jobs imports these services (and create_app,
 # which imports every blueprint), and they import app.jobs back for enqueue_unique.
 KNOWN_CYCLE_EDGES = {
-    ("app.services.sweeper", "app.jobs"),
     ("app.services.webhooks", "app.jobs"),
 }
 

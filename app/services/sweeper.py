@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from flask import current_app
 from sqlalchemy import and_, exists, func, or_, select
 
+from app import queue
 from app.extensions import db
 from app.models import AttemptStatus, Invoice, InvoiceStatus, OutboxEmail, PaymentAttempt, WebhookEvent, utcnow
 
@@ -27,8 +28,6 @@ class SweepResult:
 
 def sweep_stuck(now: datetime | None = None) -> SweepResult:
     """Re-enqueue work whose job vanished: uncharged or half-charged invoices, pending webhooks, queued mail."""
-    from app.jobs import enqueue_unique
-
     now = now or utcnow()
     stale = now - timedelta(seconds=current_app.config.get("SWEEPER_STALE_SECONDS", 120))
     result = SweepResult()
@@ -43,14 +42,14 @@ def sweep_stuck(now: datetime | None = None) -> SweepResult:
                                  Invoice.issued_at < stale, Invoice.hard_decline.is_(False),
                                  or_(never_charged, died_pending)).order_by(Invoice.id).limit(1000)).all()
     for invoice_id in stuck:
-        enqueue_unique("billing", "app.jobs.charge_invoice", invoice_id, "sweeper", job_id=f"charge-{invoice_id}")
+        queue.enqueue_charge(invoice_id, "sweeper")
     result.charges = len(stuck)
 
     due_retry = db.session.scalar(select(exists().where(
         Invoice.status == InvoiceStatus.OPEN, Invoice.next_payment_attempt_at <= now,
         Invoice.hard_decline.is_(False))))
     if due_retry:
-        enqueue_unique("billing", "app.jobs.retry_due_payments", job_id="payment-retries-sweep")
+        queue.enqueue_payment_retries()
         result.retries_queued = True
 
     from app.services.webhooks import release_orphans, wake_drainers
@@ -64,7 +63,7 @@ def sweep_stuck(now: datetime | None = None) -> SweepResult:
     result.webhooks = events + freed
 
     if db.session.scalar(select(exists().where(OutboxEmail.status == "pending"))):
-        enqueue_unique("mail", "app.jobs.flush_outbox", job_id="outbox-flush-sweep")
+        queue.enqueue_outbox_flush()
         result.mail_queued = True
     db.session.rollback()
     if result.charges or result.webhooks:
