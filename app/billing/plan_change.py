@@ -5,24 +5,20 @@ The change takes effect today (billing zone); the month's fee is shared between 
 """
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from app.access import TENANT, access
 from app.extensions import db
 from app.models import Tenant
+from app.billing.views import own_tenant
 from app.services import plans
 
 bp = Blueprint("plan_change", __name__)
 
 
 def _own_tenant() -> Tenant:
-    if current_user.is_root:
-        abort(403, "Root admins change a tenant's plan from System billing, with a date and a reason.")
-    tenant = db.session.get(Tenant, current_user.tenant_id)
-    if tenant is None:
-        abort(404)
-    return tenant
+    return own_tenant("Root admins change a tenant's plan from System billing, with a date and a reason.")
 
 
 def _page(tenant: Tenant, chosen: str | None, *, error: str | None = None, status: int = 200):

@@ -40,10 +40,13 @@ def metric_label(metric: str | None) -> str:
     return METRIC_LABELS.get(metric) or metric.replace("_", " ").capitalize()
 
 
-def _own_tenant() -> Tenant:
-    """The signed-in tenant admin's tenant; root admins act through system billing instead."""
+ROOT_REFUSAL = "Root admins act on a tenant's billing from System billing, with a reason."
+
+
+def own_tenant(root_refusal: str = ROOT_REFUSAL) -> Tenant:
+    """The signed-in tenant admin's tenant; root admins act through system billing instead (403 `root_refusal`)."""
     if current_user.is_root:
-        abort(403, "Root admins act on a tenant's billing from System billing, with a reason.")
+        abort(403, root_refusal)
     tenant = db.session.get(Tenant, current_user.tenant_id)
     if tenant is None:
         abort(404)
@@ -71,7 +74,7 @@ def index():
             abort(404)
         read_only = True
     else:
-        tenant = _own_tenant()
+        tenant = own_tenant()
         read_only = False
         nonce = request.args.get("card_updated")
         if nonce is not None:
@@ -97,7 +100,7 @@ def index():
 @bp.route("/admin/billing/payment-method", methods=["POST"])
 @access(TENANT, billing_ok=True)
 def payment_method():
-    tenant = _own_tenant()
+    tenant = own_tenant()
     nonce = secrets.token_urlsafe(16)
     return_url = current_app.config["APP_BASE_URL"] + url_for("billing.index", card_updated=nonce)
     try:
@@ -119,7 +122,7 @@ def payment_method():
 @bp.route("/admin/billing/invoices/<int:invoice_id>/pay", methods=["POST"])
 @access(TENANT, billing_ok=True)
 def pay_invoice(invoice_id: int):
-    tenant = _own_tenant()
+    tenant = own_tenant()
     invoice = _visible_invoice(invoice_id)
     stage_before = tenant.dunning_stage
     outcome = payments.pay_now(invoice.id)
