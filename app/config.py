@@ -10,11 +10,6 @@ from typing import Any, Mapping
 import click
 from dotenv import load_dotenv
 
-try:
-    from gunicorn.errors import AppImportError as _GunicornLoadError
-except ImportError:  # pragma: no cover - gunicorn is only needed to serve
-    _GunicornLoadError = Exception
-
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_DIR = ROOT / "instance"
 
@@ -23,11 +18,11 @@ EMULATOR_API_KEY = "sk_test_emulator"
 EMULATOR_WEBHOOK_SECRET = "whsec_emulator_local_development_secret"
 
 
-class ConfigError(RuntimeError, click.ClickException, _GunicornLoadError):
+class ConfigError(RuntimeError, click.ClickException):
     """The environment cannot run the app; the message is one line naming the fix."""
 
-    # The extra bases only choose how runners report it: `flask ...` prints "Error: <message>" and exits 1,
-    # gunicorn prints the message and stops (exit 4) instead of a traceback and endless worker respawns.
+    # ClickException makes `flask ...` print "Error: <message>" and exit 1; gunicorn's master reports it the same
+    # way from gunicorn.conf.py's on_starting, and worker.py / scheduler.py catch it themselves.
     def __init__(self, message: str) -> None:
         click.ClickException.__init__(self, message)
 
