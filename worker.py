@@ -22,20 +22,20 @@ def main() -> None:
     import app.jobs as jobs
     from app import create_app
     from app.extensions import rq
-    from app.workers import start_sweeper_thread
+    from app.workers import start_abandoned_job_watch
 
     app = create_app()
     jobs._worker_app = app  # jobs open a fresh app context (and session) each, from this one app
     with app.app_context():
         queues = [rq.queue(name) for name in (args.queues or app.config["RQ_QUEUES"])]
         connection = rq.connection
-    # Abandoned jobs (a killed worker) are re-driven within seconds by the lease sweeper (app/workers.py);
+    # Abandoned jobs (a killed worker) are re-queued within seconds by the abandoned-job watch (app/workers.py);
     # a short worker TTL also lets RQ itself forget dead workers quickly.
-    start_sweeper_thread(connection, [q.name for q in queues])
+    start_abandoned_job_watch(connection, [q.name for q in queues])
     # Jobs run in this process unless --fork: a work horse per job (RQ's default) costs a fork of the whole app
     # and new database and Redis connections for every job — 15-20% of an invoice job's wall time on 2 CPUs
     # (60 month-end invoice jobs through one worker). Every job still runs in its own app context and session,
-    # its timeout applies, and a killed worker's job is re-driven by the lease sweeper whichever process held it.
+    # its timeout applies, and a killed worker's job is re-queued by the abandoned-job watch whichever process held it.
     worker_class = Worker if args.fork else SimpleWorker
     delay = 1.0
     while True:

@@ -217,7 +217,7 @@ def billing_reconcile_cmd() -> None:
 @click.argument("event_row_id", type=int)
 def billing_replay_webhook_cmd(event_row_id: int) -> None:
     """Process a stored Stripe webhook event again (by its webhook_events id); audit-logged."""
-    from app.services.webhooks import replay_event
+    from app.services.webhooks.processing import replay_event
 
     try:
         status = replay_event(event_row_id, None)

@@ -12,10 +12,6 @@ from datetime import date, timedelta
 
 from flask import has_app_context
 
-# Still imported from here by services/webhooks.py, services/sweeper.py, chaos/harness.py and
-# tests/test_notifications.py until they call app/queue.py (issue 13, phase 2).
-from app.queue import enqueue_unique  # noqa: F401
-
 _worker_app = None
 
 
@@ -147,25 +143,25 @@ def retry_tenant_open_invoices(tenant_id: int, trigger: str = "card_updated") ->
     return retry_open_invoices(tenant_id, trigger=trigger)
 
 
-# -- webhooks and reconciliation (app/services/webhooks.py, app/services/reconciliation.py) ----------------
+# -- webhooks and reconciliation (app/services/webhooks/processing.py, app/services/reconciliation.py) -----
 
 @job
 def process_webhook_event(event_row_id: int) -> str:
-    from app.services.webhooks import process_event
+    from app.services.webhooks.processing import process_event
 
     return process_event(event_row_id)
 
 
 @job
 def drain_webhook_events(slot: int) -> int:
-    from app.services.webhooks import drain
+    from app.services.webhooks.processing import drain
 
     return drain(slot)
 
 
 @job
 def retry_failed_webhooks() -> int:
-    from app.services.webhooks import retry_failed
+    from app.services.webhooks.processing import retry_failed
 
     return retry_failed()
 
@@ -195,9 +191,9 @@ def flush_outbox() -> int:
 
 @job
 def sweep_stuck() -> dict:
-    """Re-drive rows stuck mid-state (see app/services/sweeper.py)."""
+    """Re-drive rows stuck mid-state (app/services/stuck_rows.py); the name is the schedule's, kept."""
     from dataclasses import asdict
 
-    from app.services.sweeper import sweep_stuck as sweep
+    from app.services.stuck_rows import redrive_stuck_rows
 
-    return asdict(sweep())
+    return asdict(redrive_stuck_rows())

@@ -50,7 +50,7 @@ def invoice_job_id(tenant_id: int, period: str, run_id: int | None = None) -> st
 
 
 def charge_job_id(invoice_id: int, trigger: str) -> str:
-    """An invoice's charge job; a person's retry has its own id, so a queued sweeper charge never swallows it."""
+    """An invoice's charge job; a person's retry has its own id, so a queued stuck-rows charge never swallows it."""
     return f"charge-{invoice_id}-manual" if trigger == "manual" else f"charge-{invoice_id}"
 
 
@@ -125,12 +125,12 @@ def enqueue_charge(invoice_id: int, trigger: str) -> str:
 
 
 def enqueue_payment_retries() -> str:
-    """Queue the due-payments retry pass now (the sweeper's nudge; the hourly schedule runs it too)."""
+    """Queue the due-payments retry pass now (the stuck-rows pass's nudge; the hourly schedule runs it too)."""
     return enqueue_unique("billing", RETRY_DUE_PAYMENTS, job_id=PAYMENT_RETRIES_SWEEP_ID).id
 
 
 def enqueue_outbox_flush() -> str:
-    """Queue sending the pending mail now (the sweeper's nudge; the schedule flushes every minute too)."""
+    """Queue sending the pending mail now (the stuck-rows pass's nudge; the schedule flushes every minute too)."""
     return enqueue_unique("mail", FLUSH_OUTBOX, job_id=OUTBOX_FLUSH_SWEEP_ID).id
 
 

@@ -17,7 +17,7 @@ DESCRIPTION = "ServicePro Billing"
 
 def handled_events() -> list[str]:
     """Exactly the event types the app processes (the webhook dispatch table), sorted."""
-    from app.services.webhooks import HANDLERS
+    from app.services.webhooks.handlers import HANDLERS
 
     return sorted(HANDLERS)
 

@@ -1,4 +1,4 @@
-"""Worker-side reliability: job leases and the abandoned-job sweeper.
+"""Worker-side reliability: job leases and the watch that re-queues jobs a killed worker abandoned.
 
 RQ only notices a killed worker when its started-registry entry expires (job_monitoring_interval + 60 s). To
 re-drive abandoned work within seconds, every running job holds a short Redis lease refreshed by a heartbeat
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 LEASE_TTL = 10  # seconds without a heartbeat before a running job counts as abandoned
 HEARTBEAT_EVERY = 3
-SWEEP_EVERY = 5
+WATCH_EVERY = 5
 
 
 def lease_key(job_id: str) -> str:
@@ -69,7 +69,7 @@ def lease(conn: Redis, key: str, *, name: str = "lease"):
             pass
 
 
-def sweep_abandoned(conn: Redis, queue_names: list[str], *, now: float | None = None) -> list[str]:
+def requeue_abandoned_jobs(conn: Redis, queue_names: list[str], *, now: float | None = None) -> list[str]:
     """Requeue jobs that sit in a started registry without a live lease; return their ids."""
     from rq import Queue
     from rq.exceptions import NoSuchJobError
@@ -102,18 +102,21 @@ def sweep_abandoned(conn: Redis, queue_names: list[str], *, now: float | None = 
     return redriven
 
 
-def start_sweeper_thread(conn: Redis, queue_names: list[str]) -> threading.Thread:
-    """Run sweep_abandoned every few seconds in the worker's main process (one sweeper at a time via a lock)."""
+def start_abandoned_job_watch(conn: Redis, queue_names: list[str]) -> threading.Thread:
+    """Run requeue_abandoned_jobs every few seconds in the worker's main process (one at a time via a lock).
+
+    Not to be confused with app/services/stuck_rows.py, which re-drives database rows whose job was lost.
+    """
 
     def loop():
         while True:
-            time.sleep(SWEEP_EVERY)
+            time.sleep(WATCH_EVERY)
             try:
-                if conn.set("servicepro:sweeper-lock", "1", nx=True, ex=SWEEP_EVERY):
-                    sweep_abandoned(conn, queue_names)
-            except Exception:  # noqa: BLE001 - keep sweeping through Redis restarts
-                log.debug("sweeper pass failed", exc_info=True)
+                if conn.set("servicepro:abandoned-jobs-lock", "1", nx=True, ex=WATCH_EVERY):
+                    requeue_abandoned_jobs(conn, queue_names)
+            except Exception:  # noqa: BLE001 - keep watching through Redis restarts
+                log.debug("abandoned-job watch failed", exc_info=True)
 
-    thread = threading.Thread(target=loop, name="abandoned-job-sweeper", daemon=True)
+    thread = threading.Thread(target=loop, name="abandoned-job-watch", daemon=True)
     thread.start()
     return thread

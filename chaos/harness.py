@@ -482,7 +482,7 @@ class ChaosRun:
         return Redis.from_url(self.redis.url, socket_connect_timeout=2, socket_timeout=5)
 
     def _enqueue(self, func: str, *args, job_id: str) -> None:
-        from app.jobs import enqueue_unique
+        from app.queue import enqueue_unique
 
         for _ in range(20):
             try:
@@ -524,7 +524,7 @@ class ChaosRun:
                     busy[w.pid] = job_id
         except Exception:  # noqa: BLE001
             pass
-        # Prefer a worker in the middle of a job: that is the case the sweeper must heal.
+        # Prefer a worker in the middle of a job: that is the case the abandoned-job watch must heal.
         candidates = [w for w in alive if w.pid in busy] or alive
         victim = self.rng.choice(candidates)
         current = busy.get(victim.pid)

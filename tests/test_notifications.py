@@ -12,9 +12,9 @@ from app.models import OutboxEmail, Tenant
 from app.services import notifications
 from app.services.notifications import (flush_outbox, format_money, notify_action_required, notify_payment_failed,
                                         parse_smtp_url, queue_email)
-from tests.factories import admin_email, make_tenant
+from tests.factories import admin_email, make_invoice, make_tenant
 from tests.support.services import free_port
-from tests.test_dunning import make_invoice, outbox
+from tests.test_dunning import outbox
 
 
 def _body(msg) -> str:
@@ -137,7 +137,7 @@ def test_flush_outbox_job_runs_on_the_mail_queue(app, plans, smtp_sink):
     from rq import SimpleWorker
 
     from app.extensions import rq
-    from app.jobs import enqueue_unique
+    from app.queue import enqueue_unique
 
     tenant = make_tenant()
     notify_payment_failed(make_invoice(tenant, date(2026, 3, 1)))

@@ -39,7 +39,7 @@ def test_a_billing_runs_jobs_are_its_own(app, plans):
     assert rq.queue("billing").job_ids == [scheduled, run]
 
 
-def test_a_persons_retry_is_not_swallowed_by_a_queued_sweeper_charge(app, plans):
+def test_a_persons_retry_is_not_swallowed_by_a_queued_stuck_rows_charge(app, plans):
     invoice = make_invoice(make_tenant(), utc(2026, 3, 2))
     swept = queue.enqueue_charge(invoice.id, "sweeper")
     assert queue.enqueue_charge(invoice.id, "sweeper") == swept  # the sweeper's next pass: still one job

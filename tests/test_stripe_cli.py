@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.services.webhooks import HANDLERS
+from app.services.webhooks.handlers import HANDLERS
 
 pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 

@@ -1,8 +1,7 @@
 """The house's one-way rules, read from the source with `ast` (function-level imports included).
 
-Services never reach into RQ or the job entry points (they call app/queue.py), and nothing in app/ imports in a
-circle. The allow-lists name what issue 13's phase 2 still has to move; they may only shrink: an entry that is
-no longer needed fails the test until it is removed.
+Services never reach into RQ or the job entry points (they call app/queue.py), only the modules that run or own
+jobs import the `rq` package, and nothing in app/ imports in a circle.
 """
 from __future__ import annotations
 
@@ -11,15 +10,9 @@ from pathlib import Path
 
 APP = Path(__file__).resolve().parent.parent / "app"
 JOB_MODULES = {"app.jobs", "app.integrations.jobs"}
-
-# Services that still import rq or app.jobs (phase 2: webhooks split by phase, page read models beside pages).
-SERVICES_STILL_ON_RQ = {"webhooks.py"}
-
-# Imports that still close a cycle, as (importer, imported): app.jobs imports these services (and create_app,
-# which imports every blueprint), and they import app.jobs back for enqueue_unique.
-KNOWN_CYCLE_EDGES = {
-    ("app.services.webhooks", "app.jobs"),
-}
+#: The modules that may import the rq package: the one that owns queues and job ids, the extension that makes
+#: queues, the worker's reliability (leases, abandoned jobs) and the log context (the current job's id).
+RQ_OWNERS = {"app.queue", "app.extensions", "app.workers", "app.logs"}
 
 
 def module_of(path: Path) -> str:
@@ -91,24 +84,26 @@ def test_the_scan_sees_imports_made_inside_functions():
     assert "app.services.dunning" in graph["app.services.admin_actions"]  # inside an action
 
 
+def _imports_rq(names: set[str]) -> list[str]:
+    return sorted(n for n in names if n == "rq" or n.startswith("rq."))
+
+
 def test_services_never_import_rq_or_the_job_entry_points():
     offenders: dict[str, list[str]] = {}
-    for path in sorted((APP / "services").glob("*.py")):
+    for path in sorted((APP / "services").rglob("*.py")):  # packages too (services/webhooks/)
         names = imported_names(path)
-        bad = sorted(n for n in names if n == "rq" or n.startswith("rq.") or _app_module(n) in JOB_MODULES)
+        bad = _imports_rq(names) + sorted(n for n in names if _app_module(n) in JOB_MODULES)
         if bad:
-            offenders[path.name] = bad
-    unexpected = {name: bad for name, bad in offenders.items() if name not in SERVICES_STILL_ON_RQ}
-    assert not unexpected, f"services must enqueue through app/queue.py, not rq or app.jobs: {unexpected}"
-    fixed = SERVICES_STILL_ON_RQ - set(offenders)
-    assert not fixed, f"no longer importing rq or app.jobs: remove {sorted(fixed)} from SERVICES_STILL_ON_RQ"
+            offenders[str(path.relative_to(APP))] = bad
+    assert not offenders, f"services must enqueue through app/queue.py, not rq or app.jobs: {offenders}"
 
 
-def test_app_has_no_import_cycle_but_the_known_ones():
-    graph = import_graph()
-    gone = {edge for edge in KNOWN_CYCLE_EDGES if edge[1] not in graph.get(edge[0], set())}
-    assert not gone, f"these imports are gone: remove {sorted(gone)} from KNOWN_CYCLE_EDGES"
-    for importer, imported in KNOWN_CYCLE_EDGES:
-        graph[importer].discard(imported)
-    cycle = find_cycle(graph)
+def test_only_the_queue_and_the_worker_side_import_rq():
+    offenders = {module: bad for module, path in sorted(MODULES.items())
+                 if module not in RQ_OWNERS and (bad := _imports_rq(imported_names(path)))}
+    assert not offenders, f"enqueue and read job status through app/queue.py: {offenders}"
+
+
+def test_app_has_no_import_cycle():
+    cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle in app/: " + " → ".join(cycle)

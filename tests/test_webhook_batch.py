@@ -9,7 +9,9 @@ from sqlalchemy import func, select, text
 
 from app.extensions import db, rq
 from app.models import InvoiceStatus, WebhookEvent, utcnow
-from app.services import invoicing, sweeper, webhooks
+from app.services import invoicing, stuck_rows
+from app.services.webhooks import processing
+from app.services.webhooks.handlers import HANDLERS
 from tests.billing_support import invoices_of
 from tests.conftest import run_jobs
 from tests.factories import tenant_with_card, utc
@@ -84,9 +86,9 @@ def test_once_a_paid_invoice_was_read_its_later_events_need_no_stripe_request(ap
 
 def test_a_claim_takes_at_most_the_batch_it_asked_for(app):
     pending(20)
-    with webhooks._drainer(0) as drainer:
+    with processing._drainer(0) as drainer:
         drainer.batch = 5
-        claimed = webhooks._claim_next(utcnow())
+        claimed = processing._claim_next(utcnow())
         held = db.session.scalar(select(func.count()).where(WebhookEvent.status == "processing",
                                                             WebhookEvent.claimed_by == drainer.token))
         db.session.rollback()
@@ -107,12 +109,12 @@ def test_events_held_by_a_drainer_that_died_are_processed_again_within_a_minute(
 
     held_by(dead, "drain-1-killed")  # SIGKILLed mid-batch: its lease lapsed
     held_by(alive, "drain-2-busy")  # still working on a slow batch: its lease is refreshed
-    held_by(spent, "drain-3-killed", attempts=webhooks.MAX_ATTEMPTS)  # it killed the worker every time
+    held_by(spent, "drain-3-killed", attempts=processing.MAX_ATTEMPTS)  # it killed the worker every time
     db.session.commit()
-    rq.connection.set(webhooks._claim_lease("drain-2-busy"), "1", ex=10)
+    rq.connection.set(processing._claim_lease("drain-2-busy"), "1", ex=10)
 
-    result = sweeper.sweep_stuck()
-    assert result.webhooks == 3 and len(drainer_jobs()) == webhooks.DRAINERS
+    result = stuck_rows.redrive_stuck_rows()
+    assert result.webhooks == 3 and len(drainer_jobs()) == processing.DRAINERS
     run_jobs(("webhooks",))
     by_id = {r.id: r for r in stored_events()}
     assert [(by_id[i].status, by_id[i].attempts) for i in dead] == [("ignored", 2)] * 3
@@ -122,7 +124,7 @@ def test_events_held_by_a_drainer_that_died_are_processed_again_within_a_minute(
 
 def test_a_drainer_carries_on_when_the_database_drops_its_connection(app, monkeypatch):
     ids = pending(40)
-    real = webhooks._process_batch
+    real = processing._process_batch
     killed: list[int] = []
 
     def then_the_server_restarts(drainer, events, deadline):
@@ -133,8 +135,8 @@ def test_a_drainer_carries_on_when_the_database_drops_its_connection(app, monkey
             db.session.rollback()
         return done
 
-    monkeypatch.setattr(webhooks, "_process_batch", then_the_server_restarts)
-    assert webhooks.drain(0) == 40
+    monkeypatch.setattr(processing, "_process_batch", then_the_server_restarts)
+    assert processing.drain(0) == 40
     assert killed == [1]
     rows = stored_events()
     assert {(r.id, r.status, r.attempts) for r in rows} == {(i, "ignored", 1) for i in ids}
@@ -147,8 +149,8 @@ def test_of_a_real_month_end_only_the_handled_types_are_left_to_process(app, pla
     assert emulator.flush_webhooks(30)
     rows = stored_events()
     assert {"invoice.created", "invoiceitem.created", "invoice.paid"} <= {r.type for r in rows}
-    assert {r.type for r in rows if r.status == "pending"} <= set(webhooks.HANDLERS)
-    assert {r.status for r in rows if r.type not in webhooks.HANDLERS} == {"ignored"}
+    assert {r.type for r in rows if r.status == "pending"} <= set(HANDLERS)
+    assert {r.status for r in rows if r.type not in HANDLERS} == {"ignored"}
     run_jobs()
     assert {r.status for r in stored_events()} <= {"processed", "ignored"}
     assert invoices_of(tenant.id)[0].status == InvoiceStatus.PAID

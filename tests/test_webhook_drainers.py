@@ -7,7 +7,8 @@ import pytest
 
 from app.extensions import db, rq
 from app.models import WebhookEvent, utcnow
-from app.services import sweeper, webhooks
+from app.services import stuck_rows
+from app.services.webhooks import intake, processing
 from tests.conftest import run_jobs
 from tests.support.concurrency import run_concurrently
 from tests.webhook_support import http, make_event, post_event, stored_events
@@ -44,8 +45,8 @@ def test_deliveries_wake_one_drainer_per_slot_and_the_drainers_process_everythin
     for n in range(10):
         assert post_event(url, unknown_invoice_event(n), secret, session=session).status_code == 200
     # Ten deliveries, four drainers started (one per slot); the other six found their drainer's flag set.
-    assert len(drainer_jobs()) == webhooks.DRAINERS
-    assert len(flags()) == webhooks.DRAINERS
+    assert len(drainer_jobs()) == processing.DRAINERS
+    assert len(flags()) == processing.DRAINERS
     run_jobs()
     rows = stored_events()
     assert [(r.status, r.attempts) for r in rows] == [("ignored", 1)] * 10
@@ -55,7 +56,7 @@ def test_deliveries_wake_one_drainer_per_slot_and_the_drainers_process_everythin
 
 def test_concurrent_drainers_share_a_backlog_and_claim_each_event_once(app):
     ids = pending_rows(30)
-    handled = run_concurrently(webhooks.drain, 3, app=app)  # one drainer per slot
+    handled = run_concurrently(processing.drain, 3, app=app)  # one drainer per slot
     assert sum(handled) == 30
     assert {(r.id, r.status, r.attempts) for r in stored_events()} == {(i, "ignored", 1) for i in ids}
 
@@ -66,15 +67,15 @@ def test_an_event_stored_just_as_the_drainer_stops_is_still_processed(app, monke
     # letting go of its slot, takes the slot back and processes it.
     [row_id] = pending_rows(1)
     rq.connection.set("servicepro:webhooks:drainer:1", "1")  # the delivery found this drainer running
-    real_claim = webhooks._claim_next
+    real_claim = processing._claim_next
     calls = []
 
     def claim_missing_the_new_row(now):
         calls.append(now)
         return None if len(calls) == 1 else real_claim(now)
 
-    monkeypatch.setattr(webhooks, "_claim_next", claim_missing_the_new_row)
-    assert webhooks.drain(1) == 1
+    monkeypatch.setattr(processing, "_claim_next", claim_missing_the_new_row)
+    assert processing.drain(1) == 1
     [row] = stored_events()
     assert (row.id, row.status, row.attempts) == (row_id, "ignored", 1)
     assert flags() == set()
@@ -82,7 +83,7 @@ def test_an_event_stored_just_as_the_drainer_stops_is_still_processed(app, monke
 
 def test_a_drainer_leaves_the_rest_to_another_when_it_took_the_slot_meanwhile(app, monkeypatch):
     pending_rows(1)
-    monkeypatch.setattr(webhooks, "_claim_next", lambda now: None)
+    monkeypatch.setattr(processing, "_claim_next", lambda now: None)
     original_delete = rq.connection.delete
 
     def delete_then_someone_wakes(*keys):
@@ -91,14 +92,14 @@ def test_a_drainer_leaves_the_rest_to_another_when_it_took_the_slot_meanwhile(ap
         return result
 
     monkeypatch.setattr(rq.connection, "delete", delete_then_someone_wakes)
-    assert webhooks.drain(0) == 0
+    assert processing.drain(0) == 0
     assert stored_events()[0].status == "pending"  # left to the new drainer, not processed twice
 
 
 def test_a_drainer_past_its_budget_hands_the_slot_to_a_fresh_job(app):
     pending_rows(3)
     rq.connection.set("servicepro:webhooks:drainer:2", "1")
-    assert webhooks.drain(2, budget_s=0) == 1
+    assert processing.drain(2, budget_s=0) == 1
     [successor] = drainer_jobs()
     assert successor.startswith("webhook-drain-2-next-")
     assert flags() == {"servicepro:webhooks:drainer:2"}  # kept for the successor: deliveries start nobody new
@@ -107,12 +108,12 @@ def test_a_drainer_past_its_budget_hands_the_slot_to_a_fresh_job(app):
     assert flags() == set()
 
 
-def test_the_sweeper_wakes_the_drainers_for_events_left_pending(app):
+def test_the_stuck_rows_pass_wakes_the_drainers_for_events_left_pending(app):
     # E.g. Redis was down when they were delivered: stored, answered 200, but nobody was woken.
     pending_rows(2, age=timedelta(minutes=10))
-    result = sweeper.sweep_stuck()
+    result = stuck_rows.redrive_stuck_rows()
     assert result.webhooks == 2
-    assert len(drainer_jobs()) == webhooks.DRAINERS
+    assert len(drainer_jobs()) == processing.DRAINERS
     run_jobs()
     assert [r.status for r in stored_events()] == ["ignored", "ignored"]
 
@@ -120,12 +121,12 @@ def test_the_sweeper_wakes_the_drainers_for_events_left_pending(app):
 def test_a_delivery_while_redis_is_down_is_stored_and_answered_200(app, live_server, monkeypatch):
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    intake = webhooks.intake(app)
+    receiver = intake.for_app(app)
 
     def redis_down(*args, **kwargs):
         raise RedisConnectionError("Redis is restarting")
 
-    monkeypatch.setattr(intake.redis, "set", redis_down)
+    monkeypatch.setattr(receiver.redis, "set", redis_down)
     resp = post_event(f"{live_server}/webhooks/stripe", unknown_invoice_event(1), app.config["STRIPE_WEBHOOK_SECRET"])
     assert resp.status_code == 200 and resp.json() == {"received": True, "duplicate": False}
     [row] = stored_events()

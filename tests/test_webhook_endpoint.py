@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import text
 
 from app.extensions import db
-from app.services import webhooks
+from app.services.webhooks import intake
 from app.webhooks.endpoint import MAX_BODY
 from tests.conftest import base_config, run_jobs
 from tests.webhook_support import http, make_event, post_event, signed, stored_events
@@ -87,7 +87,7 @@ def test_the_embedded_sqlite_database_stores_each_event_once_and_drains_it(tmp_p
     try:
         with lite.app_context():
             upgrade()
-        assert isinstance(webhooks.intake(lite).store, webhooks.CoreEventStore)
+        assert isinstance(intake.for_app(lite).store, intake.CoreEventStore)
         event = an_event()
         body, headers = signed(event, lite.config["STRIPE_WEBHOOK_SECRET"])
         client = lite.test_client()

@@ -6,7 +6,8 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import AuditLog, InvoiceStatus, utcnow
-from app.services import customers, invoicing, webhooks
+from app.services import customers, invoicing
+from app.services.webhooks import processing
 from tests.billing_support import attempts_of, charges_for, invoices_of
 from tests.conftest import run_jobs
 from tests.factories import open_invoice_in_stripe, tenant_with_card, utc
@@ -101,7 +102,7 @@ def test_events_of_another_mode_or_a_connected_account_are_stored_and_ignored(ap
     assert "live-mode event" in one_event(live["id"]).last_error
     assert one_event(connected["id"]).status == "ignored"
     assert "acct_1Connected" in one_event(connected["id"]).last_error
-    assert webhooks.retry_failed(now=utcnow()) == 0  # ignored, not retried
+    assert processing.retry_failed(now=utcnow()) == 0  # ignored, not retried
 
 
 # -- customer.deleted --------------------------------------------------------------------------------------

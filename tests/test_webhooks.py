@@ -10,7 +10,8 @@ from sqlalchemy import func, select, update
 
 from app.extensions import db, rq
 from app.models import AttemptStatus, AuditLog, Invoice, InvoiceStatus, Tenant, WebhookEvent, utcnow
-from app.services import invoicing, webhooks
+from app.services import invoicing
+from app.services.webhooks import processing
 from tests.billing_support import add_usage, attempts_of, charges_for, invoices_of
 from tests.conftest import run_jobs
 from tests.factories import make_root, make_tenant, open_invoice_in_stripe, tenant_with_card, utc
@@ -33,7 +34,7 @@ def queued_jobs() -> list[str]:
 
 def drainer_job(row_id: int) -> str:
     """The job a newly stored event starts when no drainer is running (drainer `row id % 4`)."""
-    return f"webhook-drain-{row_id % webhooks.DRAINERS}-{row_id}"
+    return f"webhook-drain-{row_id % processing.DRAINERS}-{row_id}"
 
 
 def charged(card: str = "pm_card_visa", period: str = "2026-10", **kw) -> tuple[Tenant, Invoice]:
@@ -157,7 +158,7 @@ def test_concurrent_workers_claim_an_event_once(app, plans, emulator, live_serve
     reads_before = stripe_get_count(emulator, invoice.stripe_invoice_id)
     n = 6
     row_id = row.id
-    results = run_concurrently(lambda _: webhooks.process_event(row_id), n, app=app)
+    results = run_concurrently(lambda _: processing.process_event(row_id), n, app=app)
     assert len(results) == n and results.count("processed") >= 1
     assert reload(row).attempts == 1 and reload(row).status == "processed"
     assert stripe_get_count(emulator, invoice.stripe_invoice_id) == reads_before + 1
@@ -409,30 +410,30 @@ def test_stripe_down_fails_the_event_then_the_retry_sweep_processes_it(app, plan
     row = one_event(paid["id"])
     assert (row.status, row.attempts) == ("failed", 1) and "GatewayError" in row.last_error
     assert reload(invoice).status == InvoiceStatus.OPEN
-    assert [e.id for e in webhooks.failed_events()] == [row.id]
+    assert [e.id for e in processing.failed_events()] == [row.id]
 
     failed_at = row.processed_at
-    assert webhooks.retry_failed(now=failed_at + timedelta(seconds=30)) == 0  # back-off not over yet
-    assert webhooks.retry_failed(now=failed_at + webhooks.backoff(1)) == 1
+    assert processing.retry_failed(now=failed_at + timedelta(seconds=30)) == 0  # back-off not over yet
+    assert processing.retry_failed(now=failed_at + processing.backoff(1)) == 1
     run_jobs()  # Stripe still down: the second attempt fails, the back-off doubles
     row = one_event(paid["id"])
     assert (row.status, row.attempts) == ("failed", 2)
-    assert webhooks.retry_failed(now=row.processed_at + webhooks.backoff(1)) == 0
+    assert processing.retry_failed(now=row.processed_at + processing.backoff(1)) == 0
     emulator.clear_faults()
-    assert webhooks.retry_failed(now=row.processed_at + webhooks.backoff(2)) == 1
+    assert processing.retry_failed(now=row.processed_at + processing.backoff(2)) == 1
     run_jobs()
     row = one_event(paid["id"])
     assert (row.status, row.attempts, row.last_error) == ("processed", 3, None)
     assert reload(invoice).status == InvoiceStatus.PAID
-    assert webhooks.failed_events() == []
+    assert processing.failed_events() == []
 
 
 def test_an_event_that_keeps_failing_is_left_for_a_person(app, plans):
     db.session.add(WebhookEvent(stripe_event_id="evt_hopeless", type="invoice.paid", payload={}, status="failed",
-                                attempts=webhooks.MAX_ATTEMPTS, last_error="boom", processed_at=utc(2026, 1, 1)))
+                                attempts=processing.MAX_ATTEMPTS, last_error="boom", processed_at=utc(2026, 1, 1)))
     db.session.commit()
-    assert webhooks.retry_failed(now=utc(2026, 6, 1)) == 0
-    assert [e.stripe_event_id for e in webhooks.failed_events()] == ["evt_hopeless"]
+    assert processing.retry_failed(now=utc(2026, 6, 1)) == 0
+    assert [e.stripe_event_id for e in processing.failed_events()] == ["evt_hopeless"]
 
 
 def test_lost_jobs_and_interrupted_events_are_picked_up_by_the_sweep(app, plans):
@@ -446,7 +447,7 @@ def test_lost_jobs_and_interrupted_events_are_picked_up_by_the_sweep(app, plans)
                      attempts=1, received_at=now - timedelta(hours=2), processed_at=now - timedelta(hours=1)),
     ])
     db.session.commit()
-    assert webhooks.retry_failed(now=now) == 2  # the lost one and the interrupted one (back-off of 1 attempt over)
+    assert processing.retry_failed(now=now) == 2  # the lost one and the interrupted one (back-off of 1 attempt over)
     killed = one_event("evt_killed")
     assert killed.status == "failed" and "interrupted" in killed.last_error
     run_jobs()
@@ -466,7 +467,7 @@ def test_a_root_admin_replays_a_failed_event_and_it_is_audited(app, plans, emula
     assert row.status == "failed"
     emulator.clear_faults()
 
-    assert webhooks.replay_event(row.id, root.id) == "processed"
+    assert processing.replay_event(row.id, root.id) == "processed"
     assert reload(invoice).status == InvoiceStatus.PAID
     row = one_event(paid["id"])
     assert (row.status, row.attempts, row.last_error) == ("processed", 2, None)
@@ -475,11 +476,11 @@ def test_a_root_admin_replays_a_failed_event_and_it_is_audited(app, plans, emula
     assert audit.details["previous_status"] == "failed" and audit.details["stripe_event_id"] == paid["id"]
     assert "GatewayError" in audit.details["previous_error"]
     # Replaying a processed event is harmless: the state is re-read and nothing changes.
-    assert webhooks.replay_event(row.id, root.id) == "processed"
+    assert processing.replay_event(row.id, root.id) == "processed"
     assert reload(invoice).status == InvoiceStatus.PAID
     assert db.session.scalar(select(func.count()).select_from(AuditLog)) == 2
     with pytest.raises(LookupError):
-        webhooks.replay_event(999999, root.id)
+        processing.replay_event(999999, root.id)
 
 
 def test_replay_refuses_an_event_being_processed(app, plans):
@@ -487,7 +488,7 @@ def test_replay_refuses_an_event_being_processed(app, plans):
                                 attempts=1, processed_at=utcnow()))
     db.session.commit()
     with pytest.raises(ValueError):
-        webhooks.replay_event(one_event("evt_busy").id, None)
+        processing.replay_event(one_event("evt_busy").id, None)
 
 
 def test_a_stripe_object_we_know_but_stripe_does_not_fails_visibly(app, plans, emulator, live_server):

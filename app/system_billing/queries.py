@@ -33,7 +33,8 @@ from app.extensions import db
 from app.models import (AuditLog, BillingRun, BillingRunOutcome, DunningEvent, DunningStage, Invoice,
                         InvoiceSequence, InvoiceStatus, PaymentAttempt, Plan, Tenant, owed, utcnow)
 from app.paging import Paged
-from app.services import clock, webhooks
+from app.services import clock
+from app.services.webhooks import processing as webhook_processing
 from app.services.invoicing import NUMBER_PREFIX, RunResult, RunSummary, period_end_utc
 
 log = logging.getLogger(__name__)
@@ -568,7 +569,7 @@ def run_headline(summary: Any, problems: Mapping[str, list[NamedOutcome]]) -> li
 
 def failed_webhook_events(limit: int = 20) -> list[Any]:
     """Failed Stripe webhook events for the replay list, newest first."""
-    return webhooks.failed_events(limit)
+    return webhook_processing.failed_events(limit)
 
 
 # -- months and force-runs -------------------------------------------------------------------------------------

@@ -18,9 +18,10 @@ from app import queue
 from app.errors import json_error, wants_json
 from app.extensions import db
 from app.fragments import billing_changed, for_htmx, wants_fragment
-from app.models import Invoice
+from app.models import Invoice, WebhookEvent
 from app.services import admin_actions, clock
 from app.services.invoicing import Reason, start_billing_run
+from app.services.webhooks import processing as webhook_processing
 from app.system_billing import components, queries
 from app.system_billing.components import RunProgress, TenantRowView
 from app.system_billing.queries import TenantQuery, TenantRow
@@ -335,18 +336,12 @@ def _capital(text: str) -> str:
 
 @bp.route("/admin/system-billing/webhooks/<int:event_id>/replay", methods=["POST"])
 def replay_webhook(event_id: int):
-    try:
-        from app.services import webhooks
-    except ImportError:
-        abort(503, "Webhook processing is not installed yet.")
-    from app.models import WebhookEvent
-
     event = db.session.get(WebhookEvent, event_id)
     if event is None:
         abort(404)
     label = event.stripe_event_id
     try:
-        outcome = webhooks.replay_event(event_id, current_user.id)
+        outcome = webhook_processing.replay_event(event_id, current_user.id)
     except Exception as err:  # noqa: BLE001 - being processed, gone, or Redis down: a message, never a 500
         db.session.rollback()
         if wants_json():

@@ -4,7 +4,7 @@ Stripe's deliveries are machine-to-machine: no session, cookie, CSRF token, logi
 applies to them, and at month end they arrive by the thousand. Sent through Flask they would pay for all of
 that machinery (request context, session, Flask-Login, Flask-Limiter, talisman's headers), which costs more
 CPU than verifying, storing and queuing the event together (bench/webhooks.py measured it), so this
-middleware answers them itself with the same service (`webhooks.Intake`) and the contract's JSON shapes.
+middleware answers them itself with the same service (`services/webhooks/intake.py`) and the contract's JSON shapes.
 Every other request, and any other method on this path (405 from Flask), goes to the Flask app untouched;
 the blueprint keeps the route, so the URL map and the access policy still describe it.
 """
@@ -20,7 +20,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import get_input_stream
 
 from app.errors import error_body
-from app.services import webhooks
+from app.services.webhooks import intake
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ _HEADERS = [
 def answer(app: Flask, body: bytes, signature: str | None) -> tuple[int, dict]:
     """Receive one delivery; return (HTTP status, JSON body): 200 stored or duplicate, 400 not genuine."""
     try:
-        received = webhooks.intake(app).receive(body, signature)
-    except webhooks.InvalidEvent as err:
+        received = intake.for_app(app).receive(body, signature)
+    except intake.InvalidEvent as err:
         return 400, error_body(400, str(err), err.code)
     return 200, {"received": True, "duplicate": received.duplicate}
 

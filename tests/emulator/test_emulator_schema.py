@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from app.services.webhooks import HANDLERS
+from app.services.webhooks.handlers import HANDLERS
 from tests.emulator import schema_support as schema
 
 

@@ -1,6 +1,8 @@
-"""The sweeper: find rows stuck mid-state (their job lost to a crash or a Redis restart) and re-drive them.
+"""Stuck rows: find rows left mid-state (their job lost to a crash or a Redis restart) and re-drive them.
 
-Everything it enqueues is idempotent by business key, so a doubled or late sweep is harmless.
+Run every minute by the job app.jobs.sweep_stuck. Not to be confused with app/workers.py, which re-queues RQ
+jobs a killed worker abandoned; this looks at the database. Everything it enqueues is idempotent by business
+key, so a doubled or late pass is harmless.
 """
 from __future__ import annotations
 
@@ -19,18 +21,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class SweepResult:
+class RedriveResult:
     charges: int = 0
     webhooks: int = 0
     retries_queued: bool = False
     mail_queued: bool = False
 
 
-def sweep_stuck(now: datetime | None = None) -> SweepResult:
+def redrive_stuck_rows(now: datetime | None = None) -> RedriveResult:
     """Re-enqueue work whose job vanished: uncharged or half-charged invoices, pending webhooks, queued mail."""
     now = now or utcnow()
     stale = now - timedelta(seconds=current_app.config.get("SWEEPER_STALE_SECONDS", 120))
-    result = SweepResult()
+    result = RedriveResult()
 
     # Open invoices never charged, or whose last attempt died pending (the charge re-checks Stripe first).
     never_charged = ~exists().where(PaymentAttempt.invoice_id == Invoice.id)
@@ -42,7 +44,7 @@ def sweep_stuck(now: datetime | None = None) -> SweepResult:
                                  Invoice.issued_at < stale, Invoice.hard_decline.is_(False),
                                  or_(never_charged, died_pending)).order_by(Invoice.id).limit(1000)).all()
     for invoice_id in stuck:
-        queue.enqueue_charge(invoice_id, "sweeper")
+        queue.enqueue_charge(invoice_id, "sweeper")  # the trigger stored on the attempt: keep the word
     result.charges = len(stuck)
 
     due_retry = db.session.scalar(select(exists().where(
@@ -52,7 +54,7 @@ def sweep_stuck(now: datetime | None = None) -> SweepResult:
         queue.enqueue_payment_retries()
         result.retries_queued = True
 
-    from app.services.webhooks import release_orphans, wake_drainers
+    from app.services.webhooks.processing import release_orphans, wake_drainers
 
     freed = release_orphans(now=now)  # events held by a drainer that died: pending again
     events = db.session.scalar(select(func.count()).select_from(
@@ -67,5 +69,5 @@ def sweep_stuck(now: datetime | None = None) -> SweepResult:
         result.mail_queued = True
     db.session.rollback()
     if result.charges or result.webhooks:
-        log.warning("sweeper re-drove %s charges and %s webhook events", result.charges, result.webhooks)
+        log.warning("stuck rows: re-drove %s charges and %s webhook events", result.charges, result.webhooks)
     return result
