@@ -18,9 +18,9 @@ import os
 import random
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
+
+from tests.support.measure import cpu_seconds, percentile, run_clients
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,53 +47,18 @@ def run_round(port: int, token: str, tenant_ids: list[int], etags: dict[int, str
     """`requests_` reads of random tenants from `clients` connections; with `etags`, revalidations."""
     rng = random.Random(seed)
     picks = [rng.choice(tenant_ids) for _ in range(requests_)]
-    latencies: list[float] = []
-    statuses: list[int] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(clients + 1)
 
-    def run(chunk: list[int]) -> None:
+    def make_send():
         get = _getter(port, token)
-        mine_lat, mine_status = [], []
-        barrier.wait()
-        for tenant_id in chunk:
-            start = time.perf_counter()
-            status, _, _ = get(f"/api/entitlements?tenant_id={tenant_id}", etags[tenant_id] if etags else None)
-            mine_lat.append(time.perf_counter() - start)
-            mine_status.append(status)
-        with lock:
-            latencies.extend(mine_lat)
-            statuses.extend(mine_status)
+        return lambda tenant_id: get(f"/api/entitlements?tenant_id={tenant_id}",
+                                     etags[tenant_id] if etags else None)[0]
 
-    threads = [threading.Thread(target=run, args=(picks[k::clients],)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started, latencies, statuses
+    return run_clients(picks, clients, make_send)
 
 
 def server_cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system) used so far by a process and its children (gunicorn's master and worker)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if pid in (int(entry), int(fields[1])):
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return cpu_seconds(lambda p_id, p: pid in (p_id, p.ppid), cmdlines=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,9 +24,10 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from tests.support.measure import cpu_seconds, percentile, run_clients
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_bench_webhooks"
@@ -103,55 +104,17 @@ POSTERS = {"http.client": _http_client_poster, "requests": _requests_poster}
 def post_all(url: str, bodies: list[tuple[bytes, dict]], clients: int, client: str = "http.client"
              ) -> tuple[float, list[float], list[int]]:
     """Post every body from `clients` keep-alive connections; return (wall seconds, latencies in s, statuses)."""
-    latencies: list[float] = []
-    statuses: list[int] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(clients + 1)
 
-    def run(chunk):
+    def make_send():
         post = POSTERS[client](url)
-        mine_lat, mine_status = [], []
-        barrier.wait()
-        for body, headers in chunk:
-            start = time.perf_counter()
-            status = post(body, headers)
-            mine_lat.append(time.perf_counter() - start)
-            mine_status.append(status)
-        with lock:
-            latencies.extend(mine_lat)
-            statuses.extend(mine_status)
+        return lambda item: post(*item)
 
-    threads = [threading.Thread(target=run, args=(bodies[k::clients],)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started, latencies, statuses
+    return run_clients(bodies, clients, make_send)
 
 
 def _cpu_seconds(match) -> float:
     """CPU seconds (user + system) used so far by the processes whose pid and cmdline `match` accepts."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if match(int(entry), int(fields[1]), cmdline):
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return cpu_seconds(lambda pid, p: match(pid, p.ppid, p.cmdline))
 
 
 def drain_rate(database_url: str, redis_url: str, env: dict, timeout: float = 300.0

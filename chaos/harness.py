@@ -18,6 +18,7 @@ from pathlib import Path
 
 from redis import Redis
 
+from tests.support.measure import clock_ticks, proc_stats
 from tests.support.services import SmtpSink, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,20 +233,9 @@ class ChaosRun:
 
     def cpu_by_party(self) -> dict[str, float]:
         """CPU seconds (user + system) used so far by each party of the run that is still alive."""
-        tick = os.sysconf("SC_CLK_TCK")
-        procs: dict[int, tuple[int, str, float]] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            # utime + stime, and cutime + cstime: children that exited (RQ's forked work horses) count too.
-            procs[int(entry)] = (int(fields[1]), cmdline, sum(int(x) for x in fields[11:15]) / tick)
+        tick = clock_ticks()
+        # Own CPU and that of children that exited (RQ's forked work horses, worker.py --fork) count too.
+        procs = {pid: (p.ppid, p.cmdline, (p.ticks + p.child_ticks) / tick) for pid, p in proc_stats().items()}
         workers = {w.pid for w in self.alive_workers()}
         web = getattr(self, "web", None)
         owners = {"workers": workers, "web": {web.pid} if web else set(),
