@@ -5,13 +5,14 @@ Each test gets a fresh app; after it, every table is truncated and Redis flushed
 from __future__ import annotations
 
 import os
-import re
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from tests.factories import PASSWORD
+from tests.support.config import base_config
 from tests.support.services import SmtpSink, postgres_server, redis_server
+from tests.support.web import login, page_csrf
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key")
 
@@ -55,27 +56,6 @@ def emulator():
     emu = EmulatorProcess()
     yield emu
     emu.stop()
-
-
-def base_config(database_url: str, redis_url: str, **extra) -> dict:
-    cfg = {
-        "TESTING": True,
-        "SECRET_KEY": "test-secret-key",
-        "SQLALCHEMY_DATABASE_URI": database_url,
-        "REDIS_URL": redis_url,
-        "RATELIMIT_STORAGE_URI": redis_url,
-        "STRIPE_SECRET_KEY": "sk_test_emulator",
-        "STRIPE_API_BASE": "http://127.0.0.1:9",  # nothing listens: tests that need Stripe use `emulator`
-        "STRIPE_WEBHOOK_SECRET": "whsec_test_secret",
-        "STRIPE_MAX_NETWORK_RETRIES": 2,
-        "STRIPE_RATE_LIMIT_PER_S": 0,
-        "APP_BASE_URL": "http://127.0.0.1:5000",
-        "SMTP_URL": None,
-        "BILLING_TIMEZONE": "UTC",
-        "SERVER_NAME": None,
-    }
-    cfg.update(extra)
-    return cfg
 
 
 @pytest.fixture(scope="session")
@@ -158,24 +138,6 @@ def plans(app):
     seed_plans()
 
 
-def csrf_from(html: str) -> str:
-    m = re.search(r'name="csrf-token" content="([^"]+)"', html) or re.search(
-        r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"', html)
-    assert m, "no CSRF token on the page"
-    return m.group(1)
-
-
-def login(client, email: str, password: str = PASSWORD):
-    """Sign a test client in through the login form (any client; most tests use the `auth` fixture)."""
-    page = client.get("/login")
-    token = csrf_from(page.get_data(as_text=True))
-    return client.post("/login", data={"email": email, "password": password, "csrf_token": token})
-
-
-def page_csrf(client, path: str = "/admin/usage") -> str:
-    return csrf_from(client.get(path).get_data(as_text=True))
-
-
 class AuthActions:
     """Sign the test client in and out the way a person does (the Flask tutorial's `auth`)."""
 
@@ -237,12 +199,3 @@ def hook(app, emulator, live_server):
         yield enable
     finally:
         emulator.set_webhook(None)
-
-
-def run_jobs(queues: tuple[str, ...] = ("billing", "webhooks", "default", "mail")) -> None:
-    """Work every queued RQ job in this process until the queues are empty."""
-    from rq import SimpleWorker
-
-    from app.extensions import rq
-
-    SimpleWorker([rq.queue(q) for q in queues], connection=rq.connection).work(burst=True)

@@ -8,12 +8,12 @@ from sqlalchemy import select
 
 from app import stripe_gateway as gateway
 from app.extensions import db
-from app.models import AuditLog, Invoice, Tenant
+from app.models import AuditLog, Invoice
 from app.services.admin_actions import (ActionError, exempt_tenant, mark_paid_out_of_band, retry_payment_now,
                                         void_invoice)
 from app.services.dunning import run_pass
-from tests.factories import at, make_invoice, make_root, make_tenant
-from tests.test_dunning import outbox, stage_of
+from tests.factories import at, make_invoice, make_root, make_tenant, stripe_backed_invoice
+from tests.support.stored import outbox, stage_of
 
 ISSUE = date(2026, 3, 2)
 
@@ -22,30 +22,13 @@ def day(n: int):
     return at(ISSUE + timedelta(days=n), 12)
 
 
-def stripe_backed_invoice(card: str = "pm_card_chargeCustomerFail") -> tuple[Tenant, Invoice]:
-    """A tenant with a Stripe customer and card, and an open invoice finalized in Stripe, due on ISSUE."""
-    tenant = make_tenant()
-    customer = gateway.create_customer(tenant.id, tenant.name, tenant.billing_email)
-    gateway.attach_default_card(customer, card, f"test-card-{tenant.id}")
-    tenant = db.session.get(Tenant, tenant.id)
-    tenant.stripe_customer_id = customer
-    inv = make_invoice(tenant, at(ISSUE, 10), amount=4900)
-    s_inv = gateway.create_invoice(inv.id, customer, "usd", "2026-02", tenant.id, inv.number)
-    gateway.add_invoice_item(inv.id, customer, s_inv.id, 4900, "usd", "Starter plan", 1769904000, 1772236800)
-    gateway.finalize_invoice(inv.id, s_inv.id)
-    inv = db.session.get(Invoice, inv.id)
-    inv.stripe_invoice_id = s_inv.id
-    db.session.commit()
-    return tenant, inv
-
-
 def audits() -> list[AuditLog]:
     return list(db.session.scalars(select(AuditLog).order_by(AuditLog.id)))
 
 
 def test_mark_paid_out_of_band_pays_in_stripe_and_restores_the_tenant(app, plans, emulator):
     root = make_root()
-    tenant, inv = stripe_backed_invoice()
+    tenant, inv = stripe_backed_invoice(ISSUE)
     run_pass((ISSUE + timedelta(days=46)))
     assert stage_of(tenant.id)[0] == "restricted"
     result = mark_paid_out_of_band(inv.id, root, "  cheque 1042 received  ", now=day(46))
@@ -64,7 +47,7 @@ def test_mark_paid_out_of_band_pays_in_stripe_and_restores_the_tenant(app, plans
 
 def test_void_invoice_voids_in_stripe_and_restores_the_tenant(app, plans, emulator):
     root = make_root()
-    tenant, inv = stripe_backed_invoice()
+    tenant, inv = stripe_backed_invoice(ISSUE)
     run_pass(ISSUE + timedelta(days=31))
     assert stage_of(tenant.id)[0] == "suspended"
     result = void_invoice(inv.id, root.id, "billed twice by mistake", now=day(31))
@@ -171,7 +154,7 @@ def test_retry_payment_now_queues_one_charge_job(app, plans):
 
 def test_retry_payment_now_inline_charges_and_restores(app, plans, emulator):
     root = make_root()
-    tenant, inv = stripe_backed_invoice(card="pm_card_visa")
+    tenant, inv = stripe_backed_invoice(ISSUE, card="pm_card_visa")
     run_pass(ISSUE + timedelta(days=31))
     assert stage_of(tenant.id)[0] == "suspended"
     result = retry_payment_now(inv.id, root, "card replaced", inline=True, now=day(31))

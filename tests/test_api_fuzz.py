@@ -4,14 +4,10 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                               status_code_conformance)
 
-from tests.conftest import login
 from tests.factories import admin_email, make_api_key, make_tenant
-
-CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
+from tests.support.fuzz import CHECKS
+from tests.support.web import login
 
 
 @pytest.fixture

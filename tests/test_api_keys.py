@@ -8,8 +8,8 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import ApiKey, AuditLog, utcnow
-from tests.conftest import page_csrf
 from tests.factories import admin_email, make_api_key, make_tenant
+from tests.support.web import page_csrf
 
 
 def entitlements(app, tenant, key):

@@ -1,8 +1,8 @@
 """Signing in and out, throttling, CSRF, and who may reach what."""
 from __future__ import annotations
 
-from tests.conftest import csrf_from, page_csrf
 from tests.factories import PASSWORD, admin_email, make_root, make_tenant
+from tests.support.web import csrf_from, page_csrf
 
 
 def test_tenant_admin_signs_in_sees_usage_and_signs_out(client, auth, plans):

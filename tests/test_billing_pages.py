@@ -17,10 +17,9 @@ from app.services.dunning import reevaluate_tenant
 from app.services.invoicing import invoice_and_charge
 from app.system_billing.queries import default_period
 from tests.billing_support import add_usage
-from tests.conftest import csrf_from
-from tests.factories import admin_email, make_invoice, make_root, make_tenant, tenant_with_card, utc
-
-LONG_AGO = utc(2020, 1, 1)
+from tests.factories import LONG_AGO, admin_email, make_invoice, make_root, make_tenant, tenant_with_card
+from tests.support.pages import row_html, text_of, text_of_html
+from tests.support.web import HX, csrf_from
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -33,19 +32,6 @@ def billed_tenant(card: str, name: str | None = None) -> tuple[Tenant, Invoice]:
     return db.session.get(Tenant, tenant.id), db.session.get(Invoice, outcome.invoice_id)
 
 
-def text_of(resp) -> str:
-    """The visible text of a response (tags dropped, whitespace collapsed)."""
-    html = resp.get_data(as_text=True)
-    html = re.sub(r"<(script|style|head)[^>]*>.*?</\1>", " ", html, flags=re.S)
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).replace("&amp;", "&").replace("&#39;", "'").strip()
-
-
-def row_html(html: str, element_id: str) -> str:
-    m = re.search(rf'<tr id="{element_id}".*?</tr>', html, flags=re.S)
-    assert m, f"no #{element_id} in the page"
-    return m.group(0)
-
-
 def token(client, path: str = "/admin/billing") -> str:
     return csrf_from(client.get(path).get_data(as_text=True))
 
@@ -54,9 +40,6 @@ def attempts(invoice_id: int) -> list[PaymentAttempt]:
     db.session.expire_all()
     return list(db.session.scalars(select(PaymentAttempt).where(PaymentAttempt.invoice_id == invoice_id)
                                    .order_by(PaymentAttempt.id)))
-
-
-HX = {"HX-Request": "true"}
 
 
 # -- the page --------------------------------------------------------------------------------------------------
@@ -136,10 +119,6 @@ def test_the_due_column_counts_overdue_days_to_the_last_dunning_pass(app, client
     due_cell = re.search(r'<td data-col="due">(.*?)</td>', row_html(html, f"invoice-row-{inv.id}"), re.S).group(1)
     assert text_of_html(due_cell) == f"{due:%b} {due.day}, {due.year} 50 days overdue"
     assert "50 days overdue" in text_of_html(html)  # the banner says the same number
-
-
-def text_of_html(html: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
 
 
 def test_stripe_hosted_invoice_link_and_pay_now_only_on_open_stripe_invoices(app, client, auth, plans, emulator):

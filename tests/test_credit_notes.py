@@ -153,7 +153,7 @@ def test_a_credit_larger_than_the_next_invoice_pays_it_and_the_rest_carries_over
 
 
 def _api(app, tenant) -> dict:
-    from tests.conftest import login
+    from tests.support.web import login
     from tests.factories import admin_email
 
     client = app.test_client()
@@ -303,7 +303,7 @@ def test_cli_credit_note_prints_its_id_and_refuses_in_one_line(app, plans, emula
 
 
 def test_root_issues_a_credit_note_from_the_tenant_page_with_a_reason(app, plans, emulator):
-    from tests.conftest import login, page_csrf
+    from tests.support.web import login, page_csrf
 
     tenant, inv = paid_invoice()
     make_root()

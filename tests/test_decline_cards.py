@@ -6,8 +6,8 @@ import pytest
 from app.models import AttemptStatus, InvoiceStatus
 from app.services import invoicing
 from tests.billing_support import attempts_of, charges_for, invoices_of
-from tests.conftest import run_jobs
 from tests.factories import tenant_with_card, utc
+from tests.support.queues import run_jobs
 from tests.webhook_support import outbox, reload
 
 pytestmark = pytest.mark.usefixtures("fast_stripe_retries")

@@ -20,8 +20,8 @@ from app.models import (BillingRun, Invoice, OutboxEmail, PaymentAttempt, Plan, 
                         User, WebhookEvent)
 from app.services import clock
 from app.services.seed import DEMO_TENANTS, seed_demo, tick_time
-from tests.conftest import csrf_from, login, run_jobs
-from tests.test_dunning_scenarios import Browser
+from tests.support.queues import run_jobs
+from tests.support.web import Browser, csrf_from, login
 
 pytestmark = pytest.mark.usefixtures("fast_stripe_retries")
 

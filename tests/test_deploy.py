@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from app.config import database_uri, load_config
-from tests.conftest import base_config
+from tests.support.config import base_config
 
 ROOT = Path(__file__).resolve().parent.parent
 VENDOR = ROOT / "app" / "static" / "vendor"

@@ -6,8 +6,8 @@ import pytest
 from app.models import InvoiceStatus
 from app.services import invoicing
 from tests.billing_support import charges_for, invoices_of
-from tests.conftest import run_jobs
 from tests.factories import make_root, tenant_with_card, utc
+from tests.support.queues import run_jobs
 from tests.webhook_support import make_event, post_event, reload, stored_events
 
 pytestmark = pytest.mark.usefixtures("fast_stripe_retries")

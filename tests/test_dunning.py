@@ -8,26 +8,12 @@ import pytest
 from sqlalchemy import func, select
 
 from app.extensions import db
-from app.models import DunningEvent, DunningStage, Invoice, InvoiceStatus, OutboxEmail, Tenant
+from app.models import DunningEvent, DunningStage, Invoice, InvoiceStatus, Tenant
 from app.services.dunning import overdue_days_between, reevaluate_tenant, run_pass, stage_for
 from tests.factories import at, make_invoice, make_tenant
+from tests.support.stored import outbox, stage_of
 
 LADDER = {"reminder_days": 14, "suspend_days": 30, "restrict_days": 45}
-
-
-# -- helpers shared with the other dunning test modules ------------------------------------------------------
-
-def stage_of(tenant_id: int) -> tuple[str, int]:
-    db.session.expire_all()
-    t = db.session.get(Tenant, tenant_id)
-    return t.dunning_stage, t.overdue_days
-
-
-def outbox(tenant_id: int | None = None) -> list[OutboxEmail]:
-    stmt = select(OutboxEmail).order_by(OutboxEmail.id)
-    if tenant_id is not None:
-        stmt = stmt.where(OutboxEmail.tenant_id == tenant_id)
-    return list(db.session.scalars(stmt))
 
 
 # -- the pure policy ------------------------------------------------------------------------------------------
@@ -284,7 +270,7 @@ def test_the_pass_works_on_the_embedded_sqlite_database(tmp_path, redis_url):
 
     from app import create_app
     from app.services.seed import seed_plans
-    from tests.conftest import base_config
+    from tests.support.config import base_config
 
     app = create_app(base_config(f"sqlite:///{tmp_path / 'dev.db'}", redis_url,
                                  BILLING_TIMEZONE="America/Los_Angeles"))

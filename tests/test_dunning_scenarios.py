@@ -16,9 +16,9 @@ from app.models import Invoice, InvoiceStatus, Tenant
 from app.services import dunning
 from app.services.dunning import reevaluate_tenant, run_pass
 from app.services.notifications import flush_outbox, notify_payment_failed
-from tests.conftest import csrf_from, login
 from tests.factories import admin_email, at, make_api_key, make_invoice, make_root, make_tenant, tenant_with_card
-from tests.test_dunning import stage_of
+from tests.support.stored import stage_of
+from tests.support.web import Browser, csrf_from, login
 
 ISSUE = date(2026, 3, 2)
 SUBJECT = {  # what each email's subject starts with
@@ -32,23 +32,6 @@ EXPECTED = {"ok": (True, True, "full"), "reminder": (True, True, "full"), "suspe
 @pytest.fixture(autouse=True)
 def banner(app):
     dunning.init_app(app)  # idempotent: the factory wires it too once registered there
-
-
-class Browser:
-    """A test client whose every request runs in its own app context, as in production.
-
-    The `app` fixture keeps one app context pushed, and Flask reuses it for test requests, so `g` (where
-    Flask-Login caches the signed-in user) would otherwise leak from one client to the next.
-    """
-
-    def __init__(self, app):
-        self.app, self.client = app, app.test_client()
-
-    def __getattr__(self, method):
-        def call(*args, **kwargs):
-            with self.app.app_context():
-                return getattr(self.client, method)(*args, **kwargs)
-        return call
 
 
 def sign_in(app, email: str) -> Browser:

@@ -9,8 +9,8 @@ from sqlalchemy import select, text
 from app.extensions import db
 from app.models import AuditLog, IntegrationEndpoint, ServiceToken, Tenant
 from app.services.integrations import create_token, revoke_token, use_token
-from tests.conftest import csrf_from, page_csrf
 from tests.factories import admin_email, make_api_key, make_root, make_tenant
+from tests.support.web import csrf_from, page_csrf
 
 FIELDS = {"tenant_id", "telephony", "sms_outbound", "admin_access", "dunning_stage", "updated_at"}
 
@@ -267,7 +267,7 @@ def test_generated_requests_never_5xx_and_answers_match_the_schema(app, token):
     import schemathesis
     from hypothesis import HealthCheck, given, settings
 
-    from tests.test_api_fuzz import CHECKS
+    from tests.support.fuzz import CHECKS
 
     make_tenant()
     schema = schemathesis.openapi.from_wsgi("/api/openapi.json", app)

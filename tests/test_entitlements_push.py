@@ -16,8 +16,8 @@ from app.models import EntitlementEvent, IntegrationDelivery, Tenant
 from app.services.clock import utcnow
 from app.services.dunning import run_pass
 from app.services.integrations import add_endpoint, deliver_due, replay_delivery, set_endpoint_enabled
-from tests.conftest import run_jobs
-from tests.factories import at, make_invoice, make_root, make_tenant
+from tests.factories import at, make_invoice, make_root, make_tenant, stripe_backed_invoice
+from tests.support.queues import run_jobs
 from tests.support.services import free_port
 
 SECRET = "whsec_push_test_secret"
@@ -161,10 +161,9 @@ def test_a_receiver_outage_is_retried_with_back_off_and_the_same_event_id(app, e
 
 def test_restoration_after_a_payment_is_pushed(app, endpoint, receiver, emulator):
     from app.services.admin_actions import retry_payment_now
-    from tests.test_admin_actions import stripe_backed_invoice
 
     root = make_root()
-    tenant, inv = stripe_backed_invoice(card="pm_card_visa")
+    tenant, inv = stripe_backed_invoice(ISSUE, card="pm_card_visa")
     run_pass(ISSUE + timedelta(days=31))
     assert deliver_due().delivered == 1
     assert receiver.events()[-1]["data"]["telephony"] is False

@@ -9,9 +9,8 @@ import pypdf
 
 from app.extensions import db
 from app.models import Invoice
-from tests.conftest import login
-from tests.factories import admin_email, make_root, make_tenant
-from tests.test_reports import invoice
+from tests.factories import admin_email, invoice_with_lines, make_root, make_tenant
+from tests.support.web import login
 
 MAR = date(2026, 3, 1)
 
@@ -26,7 +25,7 @@ def pdf_text(resp) -> str:
 
 def test_a_tenant_admin_downloads_their_invoice_as_a_pdf_that_reads_right(app, client, plans):
     tenant = make_tenant("Acme <Plumbing> & Sons")
-    inv = invoice(tenant, MAR, 4900, 1234, status="open", number="SP-2026-03-000042")
+    inv = invoice_with_lines(tenant, MAR, 4900, 1234, status="open", number="SP-2026-03-000042")
     login(client, admin_email(tenant))
     resp = client.get(f"/admin/billing/invoices/{inv.id}.pdf")
     assert 'filename="invoice-SP-2026-03-000042.pdf"' in resp.headers["Content-Disposition"]
@@ -42,7 +41,7 @@ def test_a_tenant_admin_downloads_their_invoice_as_a_pdf_that_reads_right(app, c
 
 def test_the_printable_page_links_its_pdf(app, client, plans):
     tenant = make_tenant()
-    inv = invoice(tenant, MAR, 4900, 0)
+    inv = invoice_with_lines(tenant, MAR, 4900, 0)
     login(client, admin_email(tenant))
     html = client.get(f"/admin/billing/invoices/{inv.id}").get_data(as_text=True)
     assert f'href="/admin/billing/invoices/{inv.id}.pdf"' in html
@@ -50,8 +49,8 @@ def test_the_printable_page_links_its_pdf(app, client, plans):
 
 def test_another_tenants_invoice_is_not_found(app, client, plans):
     mine, theirs = make_tenant("Mine"), make_tenant("Theirs")
-    invoice(mine, MAR, 4900, 0)
-    other = invoice(theirs, MAR, 9900, 0, number="SP-THEIRS")
+    invoice_with_lines(mine, MAR, 4900, 0)
+    other = invoice_with_lines(theirs, MAR, 9900, 0, number="SP-THEIRS")
     login(client, admin_email(mine))
     resp = client.get(f"/admin/billing/invoices/{other.id}.pdf")
     assert resp.status_code == 404 and b"SP-THEIRS" not in resp.data
@@ -69,7 +68,7 @@ def test_a_draft_is_no_document_for_the_tenant(app, client, plans):
 
 
 def test_root_reads_any_tenants_pdf(app, client, plans):
-    inv = invoice(make_tenant("Somebody"), MAR, 2900, 50, number="SP-ROOT-1")
+    inv = invoice_with_lines(make_tenant("Somebody"), MAR, 2900, 50, number="SP-ROOT-1")
     make_root()
     login(client, "root@example.com")
     text = pdf_text(client.get(f"/admin/billing/invoices/{inv.id}.pdf"))
@@ -77,6 +76,6 @@ def test_root_reads_any_tenants_pdf(app, client, plans):
 
 
 def test_signed_out_visitors_are_sent_to_sign_in(app, client, plans):
-    inv = invoice(make_tenant(), MAR, 2900, 0)
+    inv = invoice_with_lines(make_tenant(), MAR, 2900, 0)
     resp = client.get(f"/admin/billing/invoices/{inv.id}.pdf")
     assert resp.status_code == 302 and "/login" in resp.headers["Location"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import create_engine, text
 
-from tests.conftest import base_config
+from tests.support.config import base_config
 
 
 def test_models_and_migrated_database_agree(app):

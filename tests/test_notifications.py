@@ -14,7 +14,7 @@ from app.services.notifications import (flush_outbox, format_money, notify_actio
                                         parse_smtp_url, queue_email)
 from tests.factories import admin_email, make_invoice, make_tenant
 from tests.support.services import free_port
-from tests.test_dunning import outbox
+from tests.support.stored import outbox
 
 
 def _body(msg) -> str:

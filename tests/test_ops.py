@@ -5,8 +5,9 @@ from rq.registry import FailedJobRegistry
 
 from app.extensions import rq
 from app.queue import enqueue_unique
-from tests.conftest import csrf_from, login, run_jobs
 from tests.factories import admin_email, make_root, make_tenant
+from tests.support.queues import run_jobs
+from tests.support.web import csrf_from, login
 
 
 def test_root_sees_queues_workers_and_failed_jobs_and_can_requeue(client, auth, plans):

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import AccountToken, AuditLog, OutboxEmail, User, utcnow
 from app.services.notifications import flush_outbox
-from tests.conftest import csrf_from, login
 from tests.factories import PASSWORD, admin_email, make_root, make_tenant
+from tests.support.web import csrf_from, login
 
 NEW_PASSWORD = "a-brand-new-passphrase"
 LINK = re.compile(r"http://127\.0\.0\.1:5000(/password/reset/[A-Za-z0-9_-]+)")

@@ -243,7 +243,7 @@ def test_a_charged_invoice_after_a_plan_change_charges_the_prorated_total(app, p
 # -- the pages -------------------------------------------------------------------------------------------------------
 
 def test_root_changes_a_plan_on_the_tenant_page_and_sees_the_history(app, plans, client, auth):
-    from tests.conftest import page_csrf
+    from tests.support.web import page_csrf
     from tests.factories import make_root
 
     tenant = make_tenant(plan="starter", created_at=EARLY)
@@ -268,7 +268,7 @@ def test_root_changes_a_plan_on_the_tenant_page_and_sees_the_history(app, plans,
 
 def test_a_tenant_admin_previews_the_prorated_fee_then_confirms(app, plans, client, auth, monkeypatch):
     from app.services import clock
-    from tests.conftest import page_csrf
+    from tests.support.web import page_csrf
     from tests.factories import admin_email
 
     tenant = make_tenant(plan="starter", created_at=EARLY)
@@ -296,7 +296,7 @@ def test_a_tenant_admin_previews_the_prorated_fee_then_confirms(app, plans, clie
 
 
 def test_a_tenant_cannot_change_another_tenants_plan_or_pick_an_unknown_plan(app, plans, client, auth):
-    from tests.conftest import page_csrf
+    from tests.support.web import page_csrf
     from tests.factories import admin_email
 
     mine, theirs = make_tenant(plan="starter"), make_tenant(plan="starter")

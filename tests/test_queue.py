@@ -4,10 +4,9 @@ from __future__ import annotations
 from app import queue
 from app.extensions import rq
 from app.services import clock, invoicing
-from tests.conftest import run_jobs
-from tests.factories import make_invoice, make_tenant, tenant_with_card, utc
+from tests.factories import LONG_AGO, make_invoice, make_tenant, tenant_with_card, utc
+from tests.support.queues import run_jobs
 
-LONG_AGO = utc(2020, 1, 1)
 
 
 def last_month() -> str:

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from tests.conftest import base_config
 from tests.support.concurrency import run_concurrently
+from tests.support.config import base_config
 
 
 @pytest.fixture

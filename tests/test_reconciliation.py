@@ -12,8 +12,8 @@ from app.schedule import SCHEDULE
 from app.services import dunning, invoicing
 from app.services.reconciliation import reconcile_open_invoices
 from tests.billing_support import invoices_of
-from tests.conftest import run_jobs
 from tests.factories import open_invoice_in_stripe, tenant_with_card, utc
+from tests.support.queues import run_jobs
 from tests.webhook_support import reload, stored_events
 
 pytestmark = pytest.mark.usefixtures("fast_stripe_retries")

@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import CreditNote, Invoice, InvoiceLine
+from app.models import CreditNote, Invoice
 from app.services import clock
 from app.services.reports import INVOICE_CSV_HEADER, LINE_CSV_HEADER, revenue_report
-from tests.conftest import login
-from tests.factories import admin_email, make_root, make_tenant, utc
-from tests.test_system_billing_pages import fresh_request_queries
+from tests.factories import admin_email, invoice_with_lines, make_root, make_tenant, utc
+from tests.support.queries import fresh_request_queries
+from tests.support.web import login
 
 NOW = utc(2026, 4, 15, 16)  # 12:00 in New York
 
@@ -34,44 +34,20 @@ def root(app, client, plans):
     return client
 
 
-def invoice(tenant, period: date, fee: int, usage: int, *, status: str = "paid", paid_at: datetime | None = None,
-            amount_paid: int | None = None, due_at: datetime | None = None, currency: str = "usd",
-            number: str | None = None) -> Invoice:
-    """An issued invoice with a plan-fee line and a usage line."""
-    last = clock.month_bounds(period.year, period.month)[1]
-    amount = fee + usage
-    if amount_paid is None:
-        amount_paid = amount if status == "paid" else 0
-    inv = Invoice(tenant_id=tenant.id, period_start=period, period_end=last, plan_code=tenant.plan,
-                  amount_due=amount, amount_paid=amount_paid, currency=currency, status=status,
-                  number=number or f"SP-{period:%Y-%m}-{tenant.id:06d}-{status[:1]}",
-                  issued_at=utc(last.year, last.month, last.day, 12) + timedelta(days=1),
-                  due_at=due_at or utc(last.year, last.month, last.day, 12) + timedelta(days=1), paid_at=paid_at)
-    inv.lines = [
-        InvoiceLine(metric=None, quantity=1, unit_price=Decimal(fee) / 100, amount=fee, description="Plan fee",
-                    period_start=period, period_end=last),
-        InvoiceLine(metric="voice_minutes", quantity=usage, used_quantity=usage, unit_price=Decimal("0.01"),
-                    amount=usage, description="Voice minutes", period_start=period, period_end=last),
-    ]
-    db.session.add(inv)
-    db.session.commit()
-    return inv
-
-
 JAN, FEB, MAR, APR = date(2026, 1, 1), date(2026, 2, 1), date(2026, 3, 1), date(2026, 4, 1)
 
 
 def four_months_of_history():
     a, b, c, d = (make_tenant(n) for n in ("Alpha", "Bravo", "Charlie EU", "Delta"))
-    invoice(a, JAN, 4900, 5100, paid_at=utc(2026, 2, 3, 15))
-    invoice(a, FEB, 4900, 7100, paid_at=utc(2026, 4, 1, 2))  # March 31, 22:00 in New York
-    invoice(a, MAR, 4900, 4100, status="open", due_at=utc(2026, 4, 1, 5))  # 14 days overdue
-    invoice(b, JAN, 9900, 10100, status="void", number="SP-VOID")
-    invoice(b, JAN, 9900, 5100, status="uncollectible")  # written off: invoiced, never collected, not owed
-    invoice(b, FEB, 9900, 20100, status="open", amount_paid=10000, due_at=utc(2026, 3, 1, 12))  # 45 days
-    invoice(b, MAR, 7000, 1000, status="open", due_at=utc(2026, 4, 20, 12))  # not yet due
-    invoice(c, MAR, 4000, 1000, currency="eur", paid_at=utc(2026, 4, 2, 9))
-    invoice(d, JAN, 2900, 4100, paid_at=utc(2026, 2, 1, 4, 30))  # January 31, 23:30 in New York
+    invoice_with_lines(a, JAN, 4900, 5100, paid_at=utc(2026, 2, 3, 15))
+    invoice_with_lines(a, FEB, 4900, 7100, paid_at=utc(2026, 4, 1, 2))  # March 31, 22:00 in New York
+    invoice_with_lines(a, MAR, 4900, 4100, status="open", due_at=utc(2026, 4, 1, 5))  # 14 days overdue
+    invoice_with_lines(b, JAN, 9900, 10100, status="void", number="SP-VOID")
+    invoice_with_lines(b, JAN, 9900, 5100, status="uncollectible")  # written off: invoiced, never collected, not owed
+    invoice_with_lines(b, FEB, 9900, 20100, status="open", amount_paid=10000, due_at=utc(2026, 3, 1, 12))  # 45 days
+    invoice_with_lines(b, MAR, 7000, 1000, status="open", due_at=utc(2026, 4, 20, 12))  # not yet due
+    invoice_with_lines(c, MAR, 4000, 1000, currency="eur", paid_at=utc(2026, 4, 2, 9))
+    invoice_with_lines(d, JAN, 2900, 4100, paid_at=utc(2026, 2, 1, 4, 30))  # January 31, 23:30 in New York
     return a, b, c, d
 
 
@@ -144,7 +120,7 @@ def test_the_report_is_one_statement_however_many_tenants(root):
     four_months_of_history()
     small = [fresh_request_queries(root, u)[0] for u in ("/api/admin/reports/revenue", "/admin/reports/revenue")]
     for n in range(30):
-        invoice(make_tenant(f"More {n}", with_admin=False), MAR, 4900, n, status="open")
+        invoice_with_lines(make_tenant(f"More {n}", with_admin=False), MAR, 4900, n, status="open")
     big = [fresh_request_queries(root, u)[0] for u in ("/api/admin/reports/revenue", "/admin/reports/revenue")]
     assert small == big
     assert big[0] <= 3, big  # the session, the user, the report
@@ -161,7 +137,7 @@ def this_and_last_month() -> tuple[date, date]:
 def test_the_json_report_for_root(root):
     this, last = this_and_last_month()
     tenant = make_tenant("Json Co")
-    invoice(tenant, last, 4900, 1234, paid_at=datetime.now(timezone.utc) - timedelta(minutes=5))
+    invoice_with_lines(tenant, last, 4900, 1234, paid_at=datetime.now(timezone.utc) - timedelta(minutes=5))
     body = root.get("/api/admin/reports/revenue?months=2").get_json()
     assert body == {"currency": "usd", "outstanding": 0, "months": [
         {"month": f"{last:%Y-%m}", "invoiced": 6134, "collected": 0,
@@ -200,8 +176,8 @@ def text_of(html: str) -> str:
 def test_the_page_draws_the_charts_and_shows_the_same_figures(root):
     this, last = this_and_last_month()
     tenant = make_tenant("Page Co")
-    invoice(tenant, last, 4900, 1234, paid_at=datetime.now(timezone.utc) - timedelta(minutes=5))
-    invoice(make_tenant("Owes Co"), last, 9900, 100, status="open",
+    invoice_with_lines(tenant, last, 4900, 1234, paid_at=datetime.now(timezone.utc) - timedelta(minutes=5))
+    invoice_with_lines(make_tenant("Owes Co"), last, 9900, 100, status="open",
             due_at=datetime.now(timezone.utc) - timedelta(days=40))
     resp = root.get("/admin/reports/revenue?months=6")
     html = resp.get_data(as_text=True)
@@ -269,7 +245,7 @@ def test_the_lines_export_lists_every_line_of_the_period(root):
 
 def test_csv_cells_that_a_spreadsheet_would_run_are_defused(root):
     for name in ("=HYPERLINK(\"http://evil\")", "+1 Plumbing", "-Minus Co", "@SUM(A1)"):
-        invoice(make_tenant(name), MAR, 4900, 0)
+        invoice_with_lines(make_tenant(name), MAR, 4900, 0)
     rows = read_csv(root.get("/admin/reports/invoices.csv?period=2026-03"))
     names = sorted(r[2] for r in rows[1:])
     assert names == ["'+1 Plumbing", "'-Minus Co", "'=HYPERLINK(\"http://evil\")", "'@SUM(A1)"]
@@ -287,7 +263,7 @@ def test_exports_are_complete_across_fetch_batches(root, monkeypatch):
 
     monkeypatch.setattr(reports, "EXPORT_BATCH", 5)
     for n in range(23):
-        invoice(make_tenant(f"Batch {n:02d}", with_admin=False), MAR, 4900, n)
+        invoice_with_lines(make_tenant(f"Batch {n:02d}", with_admin=False), MAR, 4900, n)
     resp = root.get("/admin/reports/invoices.csv?period=2026-03")
     assert len(read_csv(resp)) == 24
     assert [r[2] for r in read_csv(resp)[1:]] == [f"Batch {n:02d}" for n in range(23)]

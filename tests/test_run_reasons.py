@@ -12,8 +12,9 @@ from app.extensions import db
 from app.models import BillingRun, Invoice
 from app.services import clock, invoicing, payments
 from app.system_billing.queries import default_period, run_problems
-from tests.conftest import csrf_from, run_jobs
 from tests.factories import make_root, make_tenant, tenant_with_card
+from tests.support.queues import run_jobs
+from tests.support.web import csrf_from
 
 HX = {"HX-Request": "true"}
 LONG_AGO = clock.utcnow() - timedelta(days=3 * 365)

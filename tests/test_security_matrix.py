@@ -17,8 +17,8 @@ from sqlalchemy import select, text
 from app.access import API, PUBLIC, TENANT
 from app.extensions import db
 from app.models import ApiKey, Invoice, InvoiceLine, User, WebhookEvent
-from tests.conftest import csrf_from, page_csrf
 from tests.factories import admin_email, make_api_key, make_root, make_tenant, utc
+from tests.support.web import csrf_from, page_csrf
 
 # Routes that authenticate themselves without a session cookie (no CSRF possible or needed).
 CSRF_EXEMPT = {"api.usage_events", "webhooks.stripe_webhook"}
@@ -199,7 +199,7 @@ def test_security_headers_on_pages(client, world):
 
 def test_hsts_only_in_production(migrated, redis_url):
     from app import create_app
-    from tests.conftest import base_config
+    from tests.support.config import base_config
 
     prod = create_app(base_config(migrated, redis_url, PRODUCTION=True))
     resp = prod.test_client().get("/login", headers={"X-Forwarded-Proto": "https"}, base_url="https://localhost")

@@ -9,8 +9,8 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import User, UserSession
 from app.proxies import client_address, trusted_networks
-from tests.conftest import csrf_from, login, page_csrf
 from tests.factories import PASSWORD, admin_email, make_tenant
+from tests.support.web import csrf_from, login, page_csrf
 
 
 def signed_in(client) -> bool:

@@ -14,8 +14,9 @@ from app.extensions import db
 from app.models import Tenant
 from app.services.customers import ensure_customer, sync_customers
 from stripe_emulator.params_contract import check_request_log
-from tests.conftest import base_config, run_jobs
 from tests.factories import make_tenant
+from tests.support.config import base_config
+from tests.support.queues import run_jobs
 
 
 def customers_in_stripe(emulator) -> list[dict]:

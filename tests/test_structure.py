@@ -107,3 +107,27 @@ def test_only_the_queue_and_the_worker_side_import_rq():
 def test_app_has_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle in app/: " + " → ".join(cycle)
+
+
+# -- the tests: fixtures in conftest files, helpers in tests/factories.py and tests/support/ ----------------------
+
+TESTS = APP.parent / "tests"
+TEST_MODULES = {module_of(p): p for p in TESTS.rglob("*.py")}
+
+
+def _tests_module(name: str) -> str | None:
+    """The module under tests/ a dotted name lives in (`tests.conftest.login` → tests.conftest), or None."""
+    while name and name not in TEST_MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def test_nothing_in_tests_imports_a_conftest_or_a_test_module():
+    """pytest hands fixtures to tests; a helper or factory is imported from tests/factories.py or tests/support/."""
+    offenders: dict[str, list[str]] = {}
+    for module, path in sorted(TEST_MODULES.items()):
+        bad = sorted(n for n in imported_names(path) if (target := _tests_module(n)) and target != module and (
+            TEST_MODULES[target].name == "conftest.py" or TEST_MODULES[target].name.startswith("test_")))
+        if bad:
+            offenders[str(path.relative_to(TESTS))] = bad
+    assert not offenders, f"move these to tests/factories.py or tests/support/ and import them from there: {offenders}"

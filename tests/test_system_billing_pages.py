@@ -2,21 +2,21 @@
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
-from flask import g
-from sqlalchemy import event, insert, select
+from sqlalchemy import insert, select
 
 from app.extensions import db, rq
 from app.models import AuditLog, BillingRun, Invoice, Tenant, WebhookEvent
 from app.services import clock
 from app.system_billing.queries import default_period, period_choices
 from tests.billing_support import add_usage
-from tests.conftest import csrf_from, run_jobs
-from tests.factories import admin_email, at, make_invoice, make_root, make_tenant, tenant_with_card, utc
-from tests.test_billing_pages import HX, LONG_AGO, row_html, text_of
+from tests.factories import LONG_AGO, admin_email, at, make_invoice, make_root, make_tenant, tenant_with_card, utc
+from tests.support.pages import row_html, text_of, text_of_html
+from tests.support.queries import fresh_request_queries
+from tests.support.queues import run_jobs
+from tests.support.web import HX, csrf_from
 
 
 @pytest.fixture
@@ -32,31 +32,6 @@ def csrf(client, path: str = "/admin/system-billing") -> str:
 
 def days_ago(n: int) -> datetime:
     return at(clock.today() - timedelta(days=n), 10)
-
-
-@contextmanager
-def counting_queries():
-    """Count the SQL statements sent to the database inside the block."""
-    seen: list[str] = []
-
-    def before(conn, cursor, statement, params, context, executemany):
-        seen.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", before)
-    try:
-        yield seen
-    finally:
-        event.remove(db.engine, "before_cursor_execute", before)
-
-
-def fresh_request_queries(client, url: str, headers: dict | None = None) -> tuple[int, str]:
-    """Statements one request makes, as a real request would: the signed-in user is loaded again."""
-    g.pop("_login_user", None)  # the test's shared app context would otherwise cache the user between requests
-    db.session.expire_all()
-    with counting_queries() as seen:
-        resp = client.get(url, headers=headers or {})
-    assert resp.status_code == 200, resp.status_code
-    return len(seen), resp.get_data(as_text=True)
 
 
 _periods = iter(range(1, 10_000))
@@ -138,10 +113,6 @@ def test_each_row_shows_plan_balance_oldest_unpaid_overdue_stage_error_flags_and
     assert fine_row.startswith("Fine Co Starter $0.00 none 0 ok — SP-FINE-1 paid 2026-09 · $49.00")
     # Most overdue first by default.
     assert html.index(f'id="tenant-row-{late.id}"') < html.index(f'id="tenant-row-{fine.id}"')
-
-
-def text_of_html(html: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
 
 
 def names_in(html: str) -> list[str]:

@@ -9,8 +9,9 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import AccountToken, AuditLog, OutboxEmail, Role, Tenant, User, utcnow
 from app.services.notifications import flush_outbox, recipients_for
-from tests.conftest import csrf_from, login, page_csrf, run_jobs
 from tests.factories import admin_email, make_tenant
+from tests.support.queues import run_jobs
+from tests.support.web import csrf_from, login, page_csrf
 
 LINK = re.compile(r"http://127\.0\.0\.1:5000(/invitations/[A-Za-z0-9_-]+)")
 NEW_PASSWORD = "joining-the-team-2026"

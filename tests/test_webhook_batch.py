@@ -13,8 +13,8 @@ from app.services import invoicing, stuck_rows
 from app.services.webhooks import processing
 from app.services.webhooks.handlers import HANDLERS
 from tests.billing_support import invoices_of
-from tests.conftest import run_jobs
 from tests.factories import tenant_with_card, utc
+from tests.support.queues import run_jobs
 from tests.webhook_support import make_event, one_event, outbox, post_event, stored_events
 
 pytestmark = pytest.mark.usefixtures("fast_stripe_retries")

@@ -9,8 +9,8 @@ from app.extensions import db, rq
 from app.models import WebhookEvent, utcnow
 from app.services import stuck_rows
 from app.services.webhooks import intake, processing
-from tests.conftest import run_jobs
 from tests.support.concurrency import run_concurrently
+from tests.support.queues import run_jobs
 from tests.webhook_support import http, make_event, post_event, stored_events
 
 pytestmark = pytest.mark.usefixtures("fast_stripe_retries")

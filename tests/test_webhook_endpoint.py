@@ -9,7 +9,8 @@ from sqlalchemy import text
 from app.extensions import db
 from app.services.webhooks import intake
 from app.webhooks.endpoint import MAX_BODY
-from tests.conftest import base_config, run_jobs
+from tests.support.config import base_config
+from tests.support.queues import run_jobs
 from tests.webhook_support import http, make_event, post_event, signed, stored_events
 
 

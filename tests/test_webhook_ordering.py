@@ -20,8 +20,8 @@ from app.extensions import db, rq
 from app.models import DunningEvent, Invoice, OutboxEmail, PaymentAttempt, Tenant, WebhookEvent, utcnow
 from app.services import dunning
 from app.services.dunning import stage_for
-from tests.conftest import run_jobs
 from tests.factories import open_invoice_in_stripe, tenant_with_card
+from tests.support.queues import run_jobs
 from tests.webhook_support import http, month_before, signed
 
 pytestmark = pytest.mark.usefixtures("fast_stripe_retries")

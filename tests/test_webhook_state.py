@@ -9,8 +9,8 @@ from app.models import AuditLog, InvoiceStatus, utcnow
 from app.services import customers, invoicing
 from app.services.webhooks import processing
 from tests.billing_support import attempts_of, charges_for, invoices_of
-from tests.conftest import run_jobs
 from tests.factories import open_invoice_in_stripe, tenant_with_card, utc
+from tests.support.queues import run_jobs
 from tests.webhook_support import http, make_event, one_event, outbox, post_event, reload, stored_events
 
 pytestmark = pytest.mark.usefixtures("fast_stripe_retries")

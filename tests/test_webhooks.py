@@ -13,9 +13,9 @@ from app.models import AttemptStatus, AuditLog, Invoice, InvoiceStatus, Tenant, 
 from app.services import invoicing
 from app.services.webhooks import processing
 from tests.billing_support import add_usage, attempts_of, charges_for, invoices_of
-from tests.conftest import run_jobs
 from tests.factories import make_root, make_tenant, open_invoice_in_stripe, tenant_with_card, utc
 from tests.support.concurrency import run_concurrently
+from tests.support.queues import run_jobs
 from tests.webhook_support import http, make_event, one_event, outbox, post_event, reload, signed, stored_events
 
 pytestmark = pytest.mark.usefixtures("fast_stripe_retries")

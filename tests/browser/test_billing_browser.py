@@ -23,9 +23,9 @@ from app.services.dunning import reevaluate_tenant, run_pass
 from app.services.invoicing import invoice_and_charge
 from app.system_billing.queries import default_period, period_choices
 from tests.billing_support import add_usage
-from tests.browser.conftest import assert_equals_reload, assert_no_reload, mark_no_reload, screenshot, sign_in
-from tests.conftest import run_jobs
 from tests.factories import PASSWORD, admin_email, at, make_invoice, make_root, make_tenant, tenant_with_card, utc
+from tests.support.browser_pages import assert_equals_reload, assert_no_reload, mark_no_reload, screenshot, sign_in
+from tests.support.queues import run_jobs
 
 pytestmark = pytest.mark.browser
 

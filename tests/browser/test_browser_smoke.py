@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.conftest import screenshot, sign_in
 from tests.factories import PASSWORD, admin_email, make_tenant
+from tests.support.browser_pages import screenshot, sign_in
 
 pytestmark = pytest.mark.browser
 

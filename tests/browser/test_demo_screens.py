@@ -12,8 +12,8 @@ from playwright.sync_api import expect
 
 from app.services.seed import seed_demo
 from app.system_billing.queries import default_period
-from tests.browser.conftest import assert_equals_reload, assert_no_reload, mark_no_reload, save_screenshot, sign_in
-from tests.conftest import run_jobs
+from tests.support.browser_pages import assert_equals_reload, assert_no_reload, mark_no_reload, save_screenshot, sign_in
+from tests.support.queues import run_jobs
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("fast_stripe_retries")]
 

@@ -16,9 +16,9 @@ from app.models import BillingRun
 from app.services import clock
 from app.services.invoicing import start_billing_run
 from app.system_billing.queries import default_period
-from tests.browser.conftest import axe_problems, keyboard_problems, sign_in
-from tests.conftest import run_jobs
 from tests.factories import PASSWORD, admin_email, at, make_invoice, make_root, make_tenant, utc
+from tests.support.browser_pages import axe_problems, keyboard_problems, sign_in
+from tests.support.queues import run_jobs
 
 pytestmark = pytest.mark.browser
 
