@@ -220,13 +220,17 @@ def charge_locked(invoice: Invoice, *, trigger: str, now: datetime | None = None
     # Each kind of email goes out once per invoice: on its first decline, on its first authentication request.
     earlier = set(db.session.scalars(select(PaymentAttempt.status).distinct().where(
         PaymentAttempt.invoice_id == invoice.id)))
+    # We hold the invoice's lock, so an attempt still pending was interrupted; Stripe has just said the invoice
+    # is still open, so it collected nothing. Closed here, it is not re-driven again by the stuck-rows pass.
+    if AttemptStatus.PENDING in earlier:
+        _close_interrupted_attempts(invoice, now)
     attempt = PaymentAttempt(invoice_id=invoice.id, tenant_id=invoice.tenant_id, trigger=trigger,
                              status=AttemptStatus.PENDING, idempotency_key=f"pending-{uuid.uuid4().hex}",
                              created_at=now)
     db.session.add(attempt)
     db.session.flush()
-    # The key comes from the attempt's own id, and the row is committed BEFORE Stripe is called: a crash after
-    # the call leaves a pending attempt whose key replays the same charge instead of making a new one.
+    # The key comes from the attempt's own id, and the row is committed BEFORE Stripe is called: a crash after the
+    # call leaves a pending attempt, and the next charge reads Stripe's invoice first (paid → nothing charged).
     attempt.idempotency_key = f"pay-attempt-{attempt.id}"
     db.session.commit()
 
@@ -245,6 +249,7 @@ def charge_locked(invoice: Invoice, *, trigger: str, now: datetime | None = None
 def _close_interrupted_attempts(invoice: Invoice, now: datetime) -> None:
     # A pending attempt means a run died between calling Stripe and recording the answer; Stripe's invoice
     # state (already applied) is the truth now, so the attempt is closed as interrupted rather than left pending.
+    # Called with the invoice's work lock held (no charge of it is in flight).
     db.session.execute(
         update(PaymentAttempt)
         .where(PaymentAttempt.invoice_id == invoice.id, PaymentAttempt.status == AttemptStatus.PENDING)
