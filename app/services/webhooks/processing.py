@@ -90,17 +90,12 @@ def _start_unless_running(connection: Redis, slot: int, tag: str) -> bool:
     """Take drainer `slot`'s flag and queue its job; False when the flag says it is running already."""
     if not connection.set(_drainer_flag(slot), "1", nx=True, ex=DRAINER_TTL_S):
         return False
-    start_drainer(connection, slot, tag)
-    return True
-
-
-def start_drainer(connection: Redis, slot: int, tag: str) -> None:
     queue.start_webhook_drainer(connection, slot, tag)
+    return True
 
 
 def _drainer_flag(slot: int) -> str:
     return f"servicepro:webhooks:drainer:{slot}"
-
 
 
 # -- one event: claim, dispatch, record ------------------------------------------------------------------
@@ -270,7 +265,7 @@ def drain(slot: int, *, now: datetime | None = None, budget_s: float = DRAIN_BUD
             handled += _process_batch(d, events, deadline)
             if time.monotonic() > deadline:
                 connection.set(flag, "1", ex=DRAINER_TTL_S)
-                start_drainer(connection, slot, f"next-{time.time_ns() // 1_000_000}")
+                queue.start_webhook_drainer(connection, slot, f"next-{time.time_ns() // 1_000_000}")
                 return handled
             if time.monotonic() - refreshed > DRAINER_TTL_S / 4:
                 connection.expire(flag, DRAINER_TTL_S)  # still here: ingestion must not start a second one
