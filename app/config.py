@@ -105,6 +105,7 @@ def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "MAX_CONTENT_LENGTH": 1024 * 1024,  # CONTRACT §8.8: a larger body is answered 413, unread
         "WEBHOOK_DRAINERS": int(env.get("WEBHOOK_DRAINERS", "4")),
         "SWEEPER_STALE_SECONDS": int(env.get("SWEEPER_STALE_SECONDS", "120")),
+        "PAYMENT_RETRY_LATER_SECONDS": int(env.get("PAYMENT_RETRY_LATER_SECONDS", "900")),
     }
     secret = overrides.get("SECRET_KEY") or env.get("SECRET_KEY")
     cfg.update(overrides)

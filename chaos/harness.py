@@ -212,8 +212,14 @@ class ChaosRun:
         self.scheduler_exits = 0
 
     def log(self, msg: str) -> None:
+        line = f"[chaos {time.strftime('%H:%M:%S')}] {msg}"
         if self.verbose:
-            print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+            print(line, flush=True)
+        try:  # beside the processes' logs too, so a cut CI log still has the harness's side of the story
+            with open(os.path.join(self.logdir, "harness.log"), "a") as f:
+                f.write(line + "\n")
+        except (OSError, AttributeError):  # no log directory yet
+            pass
 
     # -- processes ---------------------------------------------------------------------------------------
 
@@ -222,7 +228,9 @@ class ChaosRun:
                     STRIPE_SECRET_KEY=self.emu.api_key, STRIPE_API_BASE=self.emu.url,
                     STRIPE_WEBHOOK_SECRET=self.emu.webhook_secret, SMTP_URL=self.sink.url,
                     APP_BASE_URL=self.web_url, STRIPE_RATE_LIMIT_PER_S=str(self.rate_limit),
-                    STRIPE_MAX_NETWORK_RETRIES="3", SWEEPER_STALE_SECONDS="10", PYTHONUNBUFFERED="1")
+                    STRIPE_MAX_NETWORK_RETRIES="3", SWEEPER_STALE_SECONDS="10", PYTHONUNBUFFERED="1",
+                    # A charge caught by the Stripe outage is retried within the run, not 15 minutes later.
+                    PAYMENT_RETRY_LATER_SECONDS="20")
 
     def start_worker(self) -> subprocess.Popen:
         log = open(os.path.join(self.logdir, f"worker-{len(self.workers)}.log"), "a")
@@ -369,6 +377,7 @@ class ChaosRun:
             "STRIPE_SECRET_KEY": self.emu.api_key, "STRIPE_API_BASE": self.emu.url,
             "STRIPE_WEBHOOK_SECRET": self.emu.webhook_secret, "SMTP_URL": self.sink.url,
             "APP_BASE_URL": self.web_url, "STRIPE_RATE_LIMIT_PER_S": 0, "SWEEPER_STALE_SECONDS": 10,
+            "PAYMENT_RETRY_LATER_SECONDS": 20,
         })
 
     # -- data --------------------------------------------------------------------------------------------
@@ -733,8 +742,22 @@ class ChaosRun:
         hooks = self.emu.webhook_status()
         in_flight = hooks.get("pending", 0) + hooks.get("in_flight", 0) if isinstance(hooks, dict) else 0
         idle = self._idle()
+        unsettled = ""
+        if settled < total:
+            rows = db.session.execute(db.text("""
+                select i.tenant_id, i.status, i.next_payment_attempt_at,
+                       (select string_agg(a.status, ',' order by a.id) from payment_attempts a
+                         where a.invoice_id = i.id)
+                  from invoices i
+                 where not (i.status = 'paid' or (i.status = 'open' and i.last_payment_error is not null
+                            and not exists (select 1 from payment_attempts a
+                                             where a.invoice_id = i.id and a.status = 'pending')))
+                 order by i.tenant_id limit 5""")).all()
+            db.session.rollback()
+            unsettled = "; not settled: " + ", ".join(
+                f"tenant {t} {status} attempts [{attempts or ''}] next try {nxt}" for t, status, nxt, attempts in rows)
         self.last_state = (f"settled {settled}/{total}, webhook rows pending {pending_events}, mail pending "
-                           f"{pending_mail}, deliveries in flight {in_flight}, queues idle {idle}")
+                           f"{pending_mail}, deliveries in flight {in_flight}, queues idle {idle}{unsettled}")
         return settled == total and pending_events == 0 and pending_mail == 0 and in_flight == 0 and idle
 
     def _settle_phase(self, started: float, label: str = "settle") -> None:

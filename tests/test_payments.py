@@ -176,7 +176,7 @@ def test_stripe_unavailable_during_pay_is_an_error_attempt_retried_soon(app, pla
     [inv] = invoices_of(tenant.id)
     assert inv.status == InvoiceStatus.OPEN
     assert [a.status for a in attempts_of(inv.id)] == ["error"]
-    assert inv.next_payment_attempt_at == NOW + payments.RETRY_LATER_DELAY
+    assert inv.next_payment_attempt_at == NOW + timedelta(minutes=15)  # the default PAYMENT_RETRY_LATER_SECONDS
     db.session.refresh(tenant)
     assert tenant.billing_error is None  # transient: not the tenant's problem
     emulator.clear_faults()
@@ -184,6 +184,15 @@ def test_stripe_unavailable_during_pay_is_an_error_attempt_retried_soon(app, pla
     db.session.refresh(inv)
     assert inv.status == InvoiceStatus.PAID
     assert len(charges_for(emulator, tenant.stripe_customer_id)) == 1
+
+
+@pytest.mark.parametrize("config_overrides", [{"PAYMENT_RETRY_LATER_SECONDS": 60}])
+def test_the_wait_after_stripe_was_unavailable_is_configurable(app, plans, emulator):
+    tenant = tenant_with_card(created_at=EARLY)
+    emulator.set_faults(error_next=10, path_contains="/pay")
+    invoicing.invoice_and_charge(tenant.id, "2026-10", now=NOW)
+    [inv] = invoices_of(tenant.id)
+    assert inv.next_payment_attempt_at == NOW + timedelta(seconds=60)
 
 
 def test_a_lost_pay_response_is_not_charged_again(app, plans, emulator):

@@ -41,7 +41,14 @@ log = logging.getLogger(__name__)
 #: Status of the unsaved PaymentAttempt returned when no charge was made (see charge_invoice).
 SKIPPED = "skipped"
 #: Rate limits, timeouts, Stripe 5xx: try again soon with a fresh attempt (after re-reading Stripe's status).
+#: PAYMENT_RETRY_LATER_SECONDS overrides it (the chaos run shortens it to see its charges through).
 RETRY_LATER_DELAY = timedelta(minutes=15)
+
+
+def retry_later_delay() -> timedelta:
+    """How long a charge Stripe could not take now (5xx, rate limit, timeout) waits for its next try."""
+    seconds = current_app.config.get("PAYMENT_RETRY_LATER_SECONDS")
+    return timedelta(seconds=int(seconds)) if seconds is not None else RETRY_LATER_DELAY
 
 # Monotonic order of invoice states: a state never moves to a lower rank. Paid outranks void ("paid wins").
 _RANK = {InvoiceStatus.DRAFT: 0, InvoiceStatus.OPEN: 1, InvoiceStatus.UNCOLLECTIBLE: 2, InvoiceStatus.VOID: 3,
@@ -203,7 +210,7 @@ def charge_locked(invoice: Invoice, *, trigger: str, now: datetime | None = None
         current = gateway.retrieve_invoice(invoice.stripe_invoice_id)
     except GatewayError as err:
         if err.outcome == Outcome.RETRY_LATER:
-            invoice.next_payment_attempt_at = now + RETRY_LATER_DELAY
+            invoice.next_payment_attempt_at = now + retry_later_delay()
             db.session.commit()
         else:  # Stripe does not know the invoice we recorded: a person must look, retrying will not help
             invoice.next_payment_attempt_at = None
@@ -288,7 +295,7 @@ def _record_failure(invoice: Invoice, attempt: PaymentAttempt, err: GatewayError
             after_invoice_change(invoice, InvoiceChange.ACTION_REQUIRED, now)
     elif err.outcome == Outcome.RETRY_LATER:
         attempt.status = AttemptStatus.ERROR
-        invoice.next_payment_attempt_at = now + RETRY_LATER_DELAY
+        invoice.next_payment_attempt_at = now + retry_later_delay()
         db.session.commit()
     else:
         attempt.status = AttemptStatus.ERROR
