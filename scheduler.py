@@ -49,6 +49,38 @@ def reconcile(scheduler: Scheduler, schedule) -> dict[str, list[str]]:
     return report
 
 
+class PeriodicScheduler(Scheduler):
+    """rq-scheduler whose periodic jobs survive a queue backlog, with the schedule reconciled now and then.
+
+    A cron entry is one job hash queued again at every tick. After a run RQ sets that hash to expire after the
+    job's result_ttl, and queueing it again keeps the expiry: a tick that waits in a busy queue longer than what
+    is left of it (month end keeps every worker on billing for minutes) loses its hash, and rq-scheduler then
+    drops the entry from the schedule for good — the heartbeat, the stuck-rows pass and the mail flush would
+    stop until a restart. So the hash is made persistent when it is queued (its run sets the expiry again),
+    and every RECONCILE_EVERY seconds the schedule is reconciled with app/schedule.py, which puts back an
+    entry lost any other way.
+    """
+
+    RECONCILE_EVERY = 300.0
+
+    def __init__(self, *args, schedule=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.schedule = schedule
+        self._reconciled_at = time.monotonic()
+
+    def enqueue_job(self, job):
+        self.connection.persist(job.key)
+        return super().enqueue_job(job)
+
+    def enqueue_jobs(self):
+        if self.schedule is not None and time.monotonic() - self._reconciled_at >= self.RECONCILE_EVERY:
+            self._reconciled_at = time.monotonic()
+            report = reconcile(self, self.schedule)
+            if report["added"] or report["updated"] or report["removed"]:
+                log.warning("schedule reconciled again: %s", {k: v for k, v in report.items() if k != "kept"})
+        return super().enqueue_jobs()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reconcile-only", action="store_true")
@@ -63,7 +95,7 @@ def main() -> None:
     from app.schedule import SCHEDULE
 
     conn = Redis.from_url(load_config()["REDIS_URL"])
-    scheduler = Scheduler(connection=conn, interval=args.interval)
+    scheduler = PeriodicScheduler(connection=conn, interval=args.interval, schedule=SCHEDULE)
     report = reconcile(scheduler, SCHEDULE)
     log.info("schedule reconciled: %s", {k: len(v) for k, v in report.items()})
     if not args.reconcile_only:

@@ -7,7 +7,7 @@ from redis import Redis
 from rq_scheduler import Scheduler
 
 from app.schedule import SCHEDULE, Periodic
-from scheduler import reconcile
+from scheduler import PeriodicScheduler, reconcile
 
 
 def test_reconcile_twice_schedules_nothing_new(redis_url):
@@ -62,6 +62,42 @@ def test_cron_is_read_in_utc_whatever_tz(redis_url, monkeypatch):
         monkeypatch.delenv("TZ")
         time.tzset()
         os.environ.pop("TZ", None)
+
+
+def _due_now(scheduler: Scheduler, job_id: str) -> None:
+    scheduler.connection.zadd(scheduler.scheduled_jobs_key, {job_id: 0})
+
+
+def test_a_periodic_job_that_waits_in_a_busy_queue_stays_scheduled(redis_url):
+    import time
+
+    conn = Redis.from_url(redis_url)
+    conn.flushdb()
+    scheduler = PeriodicScheduler(connection=conn, schedule=SCHEDULE)
+    reconcile(scheduler, SCHEDULE)
+    key = "rq:job:scheduler-heartbeat"
+    # Its last run finished result_ttl (120 s) ago but for one second: RQ set the hash to expire then.
+    conn.expire(key, 1)
+    _due_now(scheduler, "scheduler-heartbeat")
+    scheduler.enqueue_jobs()  # queued again, behind month-end's billing jobs: no worker takes it for a while
+    time.sleep(1.5)
+    assert conn.exists(key)  # with rq-scheduler alone the hash expired here, in the queue,
+    assert "scheduler-heartbeat" in {j.id for j in scheduler.get_jobs()}  # and this dropped it from the schedule
+    conn.flushdb()
+
+
+def test_an_entry_lost_from_the_schedule_is_put_back_by_the_next_reconciliation(redis_url):
+    conn = Redis.from_url(redis_url)
+    conn.flushdb()
+    scheduler = PeriodicScheduler(connection=conn, schedule=SCHEDULE)
+    reconcile(scheduler, SCHEDULE)
+    scheduler.cancel("sweep-stuck")  # e.g. a Redis restart without its append-only file
+    scheduler.enqueue_jobs()
+    assert "sweep-stuck" not in {j.id for j in scheduler.get_jobs()}  # not yet: every RECONCILE_EVERY seconds
+    scheduler.RECONCILE_EVERY = 0
+    scheduler.enqueue_jobs()
+    assert {j.id for j in scheduler.get_jobs()} == {p.id for p in SCHEDULE}
+    conn.flushdb()
 
 
 def test_every_scheduled_function_exists():
