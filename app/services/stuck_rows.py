@@ -16,6 +16,7 @@ from sqlalchemy import and_, exists, func, or_, select
 from app import queue
 from app.extensions import db
 from app.models import AttemptStatus, Invoice, InvoiceStatus, OutboxEmail, PaymentAttempt, WebhookEvent, utcnow
+from app.services.webhooks.processing import release_orphans, wake_drainers
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,6 @@ def redrive_stuck_rows(now: datetime | None = None) -> RedriveResult:
     if due_retry:
         queue.enqueue_payment_retries()
         result.retries_queued = True
-
-    from app.services.webhooks.processing import release_orphans, wake_drainers
 
     freed = release_orphans(now=now)  # events held by a drainer that died: pending again
     events = db.session.scalar(select(func.count()).select_from(
