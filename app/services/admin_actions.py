@@ -14,9 +14,13 @@ from typing import Any
 from sqlalchemy import select
 
 from app import queue
+from app import stripe_gateway as gateway
 from app.extensions import db
 from app.models import AuditLog, Invoice, InvoiceStatus, Tenant, User
 from app.services.clock import local_day, utcnow
+from app.services.dunning import reevaluate_tenant
+from app.services.payments import charge_invoice
+from app.stripe_gateway import GatewayError
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,6 @@ def _locked_invoice(invoice_id: int) -> Invoice:
 
 
 def _gateway_call(fn, *args) -> None:
-    from app.stripe_gateway import GatewayError
-
     try:
         fn(*args)
     except GatewayError as err:
@@ -80,8 +82,6 @@ def _gateway_call(fn, *args) -> None:
 def exempt_tenant(tenant_id: int, until: date | None, actor: User | int, reason: str, *,
                   now: datetime | None = None) -> ActionResult:
     """Exempt a tenant from dunning until a billing-zone date (None ends the arrangement); commits."""
-    from app.services.dunning import reevaluate_tenant
-
     now = now or utcnow()
     why = _reason(reason)
     actor_id = _actor_id(actor)
@@ -117,8 +117,6 @@ def retry_payment_now(invoice_id: int, actor: User | int, reason: str, *, inline
     audit_id = row.id
     db.session.commit()
     if inline:
-        from app.services.payments import charge_invoice
-
         attempt = charge_invoice(invoice_id, trigger="manual", now=now)
         detail = getattr(attempt, "status", attempt)
     else:
@@ -129,9 +127,6 @@ def retry_payment_now(invoice_id: int, actor: User | int, reason: str, *, inline
 def mark_paid_out_of_band(invoice_id: int, actor: User | int, reason: str, *,
                           now: datetime | None = None) -> ActionResult:
     """Record an open invoice as paid outside Stripe (and tell Stripe), then restore the tenant; commits."""
-    from app import stripe_gateway as gateway
-    from app.services.dunning import reevaluate_tenant
-
     now = now or utcnow()
     why = _reason(reason)
     actor_id = _actor_id(actor)
@@ -162,9 +157,6 @@ def mark_paid_out_of_band(invoice_id: int, actor: User | int, reason: str, *,
 
 def void_invoice(invoice_id: int, actor: User | int, reason: str, *, now: datetime | None = None) -> ActionResult:
     """Void an unpaid invoice (in Stripe first), then re-derive the tenant's dunning stage; commits."""
-    from app import stripe_gateway as gateway
-    from app.services.dunning import reevaluate_tenant
-
     now = now or utcnow()
     why = _reason(reason)
     actor_id = _actor_id(actor)

@@ -28,9 +28,12 @@ from sqlalchemy.exc import IntegrityError
 
 from app import stripe_gateway as gateway
 from app.extensions import db
-from app.models import (AuditLog, CreditKind, CreditNote, CreditNoteStatus, Invoice, InvoiceStatus, PlanChange,
-                        Tenant, User)
+from app.models import (AuditLog, CreditKind, CreditNote, CreditNoteStatus, Invoice, InvoiceStatus, PlanChange, Tenant,
+                        User)
+from app.services import notifications, payments, plans
 from app.services.clock import utcnow
+from app.services.dunning import reevaluate_tenant
+from app.services.notifications import format_money
 from app.stripe_gateway import GatewayError, Outcome
 
 log = logging.getLogger(__name__)
@@ -67,8 +70,6 @@ def limits(invoice: Invoice) -> dict[str, int]:
 
 def _refusal(invoice: Invoice, kind: CreditKind, amount: int) -> str | None:
     """Why a credit note of this kind and amount cannot be issued on the invoice now, or None."""
-    from app.services.notifications import format_money
-
     label = invoice.number or f"#{invoice.id}"
     status = InvoiceStatus(invoice.status)
     if not invoice.stripe_invoice_id:
@@ -180,8 +181,6 @@ def _finish_earlier(invoice_id: int, now: datetime) -> None:
 
 def _complete(note: CreditNote, now: datetime) -> CreditNote:
     """Call Stripe for a pending note (its own idempotency key) and record the answer; commits."""
-    from app.services import payments
-
     invoice = db.session.get(Invoice, note.invoice_id)
     try:
         remote = gateway.create_credit_note(note.id, invoice.stripe_invoice_id, note.amount, note.kind, note.reason)
@@ -226,8 +225,6 @@ def _complete(note: CreditNote, now: datetime) -> CreditNote:
     _queue_email(note, invoice, now)
     db.session.commit()
     if status_before != invoice.status:
-        from app.services.dunning import reevaluate_tenant
-
         try:
             reevaluate_tenant(invoice.tenant_id, now=now)
         except Exception:  # noqa: BLE001 - the nightly pass re-derives it anyway
@@ -263,8 +260,6 @@ def resume_pending(*, tenant_id: int | None = None, now: datetime | None = None)
 
 
 def _queue_email(note: CreditNote, invoice: Invoice, now: datetime) -> None:
-    from app.services import notifications
-
     tenant = db.session.get(Tenant, invoice.tenant_id, execution_options={"skip_tenant_scope": True})
     money = notifications.format_money
     try:
@@ -295,8 +290,6 @@ def credit_balance(tenant_id: int) -> int:
 # -- reading -------------------------------------------------------------------------------------------------------
 
 def describe_amount(note: CreditNote) -> str:
-    from app.services.notifications import format_money
-
     return f"{format_money(note.amount, note.currency)} {KIND_LABELS[CreditKind(note.kind)]}"
 
 
@@ -337,8 +330,6 @@ class TenantMoney:
 
 def tenant_money(tenant_id: int, *, invoices: int = 24) -> TenantMoney:
     """Plans, plan history, credit notes, creditable invoices and the credit balance of one tenant."""
-    from app.services import plans
-
     tenant = db.session.get(Tenant, tenant_id)
     rows = list(db.session.scalars(select(Invoice).where(Invoice.tenant_id == tenant_id,
                                                          Invoice.status.in_([InvoiceStatus.OPEN, InvoiceStatus.PAID]))

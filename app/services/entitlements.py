@@ -34,6 +34,8 @@ from app.extensions import db
 from app.models import DunningStage, Tenant, TenantStatus
 from app.models.tenancy import ENTITLEMENTS_STALE
 from app.services.clock import utcnow
+from app.services.integrations import WAKE, active_endpoint_ids, record_events, wake_deliverer
+from app.services.notifications import among
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +187,6 @@ def publish_changes(now: datetime | None = None, *, session: Session | None = No
 
     Runs inside the caller's transaction (does not commit): the stamp and the outbox rows commit with the change.
     """
-    from app.services.integrations import active_endpoint_ids, record_events
-    from app.services.notifications import among
-
     session = session or db.session
     now = now or utcnow()
     query = (select(Tenant.id, Tenant.status, Tenant.dunning_stage, Tenant.entitlements_state)
@@ -261,16 +260,12 @@ def _before_commit(session: Session) -> None:
 
 
 def _after_commit(session: Session) -> None:
-    from app.services.integrations import WAKE, wake_deliverer
-
     if not session.in_nested_transaction() and session.info.pop(WAKE, False):
         wake_deliverer()
 
 
 def _after_transaction_end(session: Session, transaction) -> None:
     if transaction.parent is None:
-        from app.services.integrations import WAKE
-
         session.info.pop(_CHECK, None)
         session.info.pop(WAKE, None)
 

@@ -27,10 +27,11 @@ from sqlalchemy import bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import queue
-from app.extensions import db
-from app.models import (AuditLog, DeliveryStatus, EntitlementEvent, IntegrationDelivery, IntegrationEndpoint,
+from app.extensions import db, rq
+from app.models import (ApiKey, AuditLog, DeliveryStatus, EntitlementEvent, IntegrationDelivery, IntegrationEndpoint,
                         ServiceToken)
 from app.services.clock import utcnow
+from app.services.tenants import hash_api_key
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,6 @@ def use_token(plaintext: str, now: datetime | None = None) -> TokenUse | None:
 
 def is_tenant_api_key(plaintext: str) -> bool:
     """Whether this is a live tenant API key (refused here with 403 rather than 401: right key, wrong door)."""
-    from app.models import ApiKey
-    from app.services.tenants import hash_api_key
-
     return db.session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_api_key(plaintext),
                                                      ApiKey.revoked_at.is_(None))
                              .execution_options(skip_tenant_scope=True)) is not None
@@ -234,8 +232,6 @@ def record_events(docs: list[dict[str, Any]], endpoint_ids: list[int], *, now: d
 
 def wake_deliverer() -> None:
     """Ask for a delivery run now (one job at a time; a run in progress looks again before it stops)."""
-    from app.extensions import rq
-
     try:
         rq.connection.set(WAKE_KEY, "1", ex=3600)
         queue.enqueue_entitlements_delivery()
@@ -300,8 +296,6 @@ def deliver_due(now: datetime | None = None, *, budget: int = 5000) -> DeliveryR
 
 def deliver_until_idle(now: datetime | None = None, *, rounds: int = 20) -> int:
     """The woken job: deliver, and look again while new events were queued meanwhile; return deliveries made."""
-    from app.extensions import rq
-
     total = 0
     for _ in range(rounds):
         try:

@@ -24,12 +24,14 @@ from sqlalchemy.exc import IntegrityError
 
 from app import queue
 from app import stripe_gateway as gateway
-from app.stripe_gateway import GatewayError, Outcome
 from app.extensions import db
 from app.models import (BillingRun, BillingRunOutcome, Invoice, InvoiceLine, InvoiceSequence, InvoiceStatus, Plan,
                         Tenant, owed, utcnow)
-from app.services import clock, notifications, payments, pricing
+from app.services import clock, credits, notifications, payments, plans, pricing
+from app.services.credits import credit_balance
 from app.services.customers import ensure_customer
+from app.services.usage import rollup_day
+from app.stripe_gateway import GatewayError, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +277,6 @@ def finalize_in_stripe(invoice: Invoice, customer_id: str, *, now: datetime | No
 
 def _complete_credit_notes(tenant_id: int, now: datetime) -> None:
     """Finish the tenant's credit notes Stripe has not confirmed, so its credit balance is whole; never raises."""
-    from app.services import credits
-
     try:
         credits.resume_pending(tenant_id=tenant_id, now=now)
     except Exception:  # noqa: BLE001 - Stripe applies whatever balance it has; the invoice goes on
@@ -409,8 +409,6 @@ def run_monthly_tick(as_of: date | None = None, *, now: datetime | None = None) 
     Runs daily: it asks the database what is due, so a missed or doubled tick is harmless. Returns the number
     of jobs enqueued.
     """
-    from app.services.usage import rollup_day
-
     now = now or utcnow()
     as_of = as_of or clock.today(now)
     rollup_day(as_of - timedelta(days=1), now=now)
@@ -428,8 +426,6 @@ def run_monthly_tick(as_of: date | None = None, *, now: datetime | None = None) 
 
 def _daily_money_upkeep(as_of: date, now: datetime) -> None:
     """Plans dated today take effect (tenants.plan), and interrupted credit notes are completed; never raises."""
-    from app.services import credits, plans
-
     try:
         plans.sync_current_plans(as_of)
         db.session.commit()
@@ -569,8 +565,6 @@ def billing_status(tenant: Tenant, *, now: datetime | None = None, limit: int = 
     today = clock.today(now)
     _first, last = clock.month_bounds(today.year, today.month)
     plan = tenant.plan_obj
-    from app.services.credits import credit_balance
-
     return BillingStatus(tenant=tenant, plan=plan, balance_due=max(int(balance), 0), currency=plan.currency,
                          next_invoice_date=last + timedelta(days=1), invoices=invoices,
                          credit_balance=max(0, credit_balance(tenant.id)))

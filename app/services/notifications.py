@@ -27,6 +27,7 @@ from flask import current_app
 from jinja2 import TemplateNotFound
 from sqlalchemy import ARRAY, BigInteger, Table, any_, literal, select, text
 
+from app import stripe_gateway as gateway
 from app.extensions import db
 from app.models import Invoice, InvoiceStatus, OutboxEmail, Role, Tenant, User
 from app.services.clock import local_day, utcnow
@@ -298,8 +299,6 @@ def queue_payment_receipt(invoice: Invoice, *, now: datetime | None = None) -> b
 
 def _paid_card(invoice: Invoice) -> str | None:
     """"Visa ending in 4242": the card whose charge paid the invoice, or None when Stripe cannot say."""
-    from app import stripe_gateway as gateway
-
     if not invoice.stripe_invoice_id:
         return None
     try:

@@ -29,7 +29,7 @@ from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.pool import NullPool
 
 from app import stripe_gateway as gateway
-from app.extensions import db
+from app.extensions import db, rq
 from app.models import AttemptStatus, Invoice, InvoiceStatus, PaymentAttempt, Tenant, utcnow
 from app.services import dunning, notifications
 from app.services.customers import ensure_customer
@@ -84,8 +84,6 @@ def work_lock(name: str, timeout: int = 900) -> Iterator[bool]:
             conn.close()  # ends the server session: the advisory lock goes with it
         return
     from redis.exceptions import LockError
-
-    from app.extensions import rq
 
     lock = rq.connection.lock(f"servicepro:lock:{name}", timeout=timeout, blocking=False)
     got = lock.acquire(blocking=False)

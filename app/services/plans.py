@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from app.extensions import db
 from app.models import AuditLog, Invoice, InvoiceStatus, Plan, PlanChange, Tenant, User
-from app.services import clock, pricing
+from app.services import clock, notifications, pricing
 from app.services.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -174,8 +174,6 @@ def change_plan(tenant_id: int, to_code: str, effective_on: date | None = None, 
 
 def _queue_email(tenant: Tenant, from_code: str, to_plan: Plan, effective_on: date, row: PlanChange | None,
                  now: datetime) -> None:
-    from app.services import notifications
-
     try:
         with db.session.begin_nested():
             notifications.queue_email(

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from app import stripe_gateway as gateway
 from app.extensions import db
 from app.models import Invoice, InvoiceStatus, utcnow
-from app.services import payments
+from app.services import dunning, payments
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,6 @@ def reconcile_invoice(invoice_id: int, *, now: datetime | None = None) -> tuple[
 
 def reconcile_open_invoices(now: datetime | None = None, *, batch_size: int = BATCH) -> int:
     """Apply Stripe's current state to every open invoice (in id batches); return how many invoices changed."""
-    from app.services import dunning
-
     now = now or utcnow()
     changed = failed = 0
     moved_tenants: set[int] = set()
