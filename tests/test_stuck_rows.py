@@ -4,21 +4,13 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pytest
-from sqlalchemy import select
-
 from app import stripe_gateway as gateway
 from app.extensions import db
-from app.models import AttemptStatus, Invoice, PaymentAttempt
+from app.models import AttemptStatus, PaymentAttempt
 from app.services import stuck_rows
+from tests.billing_support import attempts_of
 from tests.factories import stripe_backed_invoice
 from tests.support.queues import run_jobs
-
-
-def attempts_of(invoice: Invoice) -> list[tuple[str, str | None]]:
-    rows = db.session.execute(select(PaymentAttempt.status, PaymentAttempt.error_code)
-                              .where(PaymentAttempt.invoice_id == invoice.id).order_by(PaymentAttempt.id)).all()
-    db.session.rollback()
-    return [tuple(r) for r in rows]
 
 
 def test_a_declined_charge_whose_outcome_was_never_recorded_is_charged_once_more_not_every_minute(app, plans,
@@ -36,10 +28,11 @@ def test_a_declined_charge_whose_outcome_was_never_recorded_is_charged_once_more
 
     assert stuck_rows.redrive_stuck_rows(now=now).charges == 1  # the attempt died pending: charge it again
     run_jobs(("billing",))
-    assert attempts_of(invoice) == [(AttemptStatus.ERROR, "interrupted"), (AttemptStatus.FAILED, "card_declined")]
+    assert [(a.status, a.error_code) for a in attempts_of(invoice.id)] == [
+        (AttemptStatus.ERROR, "interrupted"), (AttemptStatus.FAILED, "card_declined")]
 
     # Declined again and recorded: the next passes leave the invoice to its retry schedule (before the fix every
     # pass found the old attempt still pending and charged the card again, a minute apart, for ever).
     for minute in (1, 2):
         assert stuck_rows.redrive_stuck_rows(now=now + timedelta(minutes=minute)).charges == 0
-    assert len(attempts_of(invoice)) == 2
+    assert len(attempts_of(invoice.id)) == 2

@@ -40,15 +40,13 @@ log = logging.getLogger(__name__)
 
 #: Status of the unsaved PaymentAttempt returned when no charge was made (see charge_invoice).
 SKIPPED = "skipped"
-#: Rate limits, timeouts, Stripe 5xx: try again soon with a fresh attempt (after re-reading Stripe's status).
-#: PAYMENT_RETRY_LATER_SECONDS overrides it (the chaos run shortens it to see its charges through).
-RETRY_LATER_DELAY = timedelta(minutes=15)
 
 
 def retry_later_delay() -> timedelta:
-    """How long a charge Stripe could not take now (5xx, rate limit, timeout) waits for its next try."""
-    seconds = current_app.config.get("PAYMENT_RETRY_LATER_SECONDS")
-    return timedelta(seconds=int(seconds)) if seconds is not None else RETRY_LATER_DELAY
+    """How long a charge Stripe could not take now (5xx, rate limit, timeout) waits for its next try, with a fresh
+    attempt after re-reading Stripe's status (PAYMENT_RETRY_LATER_SECONDS, 15 minutes unless configured)."""
+    return timedelta(seconds=current_app.config["PAYMENT_RETRY_LATER_SECONDS"])
+
 
 # Monotonic order of invoice states: a state never moves to a lower rank. Paid outranks void ("paid wins").
 _RANK = {InvoiceStatus.DRAFT: 0, InvoiceStatus.OPEN: 1, InvoiceStatus.UNCOLLECTIBLE: 2, InvoiceStatus.VOID: 3,

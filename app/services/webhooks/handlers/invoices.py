@@ -30,8 +30,9 @@ def invoice_event(ev: Incoming) -> Result:
     tenant_id = invoice.tenant_id
     if invoice.status == InvoiceStatus.DRAFT:
         # Draft → open belongs to invoicing (it numbers the invoice and sets issue and due dates): hand it over.
+        period = f"{invoice.period_start:%Y-%m}"
         db.session.rollback()
-        queue.enqueue_invoice(invoice.tenant_id, f"{invoice.period_start:%Y-%m}", "scheduled")
+        queue.enqueue_invoice(tenant_id, period, "scheduled")
         return processed("still a draft here: handed to the invoicing job", tenant_id)
     invoice_sid = invoice.stripe_invoice_id or stripe_id
     before = invoice.status
