@@ -72,17 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     args, _unknown = parser.parse_known_args(argv)
 
     from flask_migrate import upgrade
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
     from app import create_app
-    from tests.support.services import free_port, postgres_server, redis_server, wait_port
+    from bench.support import fresh_database
+    from tests.support.services import free_port, redis_server, wait_port
 
-    with postgres_server() as (pg_base, _pg_port), redis_server() as (redis_url, _redis_port):
-        admin = create_engine(f"{pg_base}/postgres", isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(text("CREATE DATABASE bench_entitlements"))
-        admin.dispose()
-        database_url = f"{pg_base}/bench_entitlements"
+    with fresh_database("bench_entitlements") as database_url, redis_server() as (redis_url, _redis_port):
         app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "REDIS_URL": redis_url, "SECRET_KEY": "bench",
                           "RATELIMIT_STORAGE_URI": redis_url})
         with app.app_context():

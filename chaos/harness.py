@@ -23,6 +23,9 @@ from tests.support.services import SmtpSink, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUES = ["billing", "webhooks", "default", "mail"]
+#: A tenant's invoice is settled when it is paid, or open with its decline recorded and no charge left pending.
+SETTLED_SQL = ("i.status = 'paid' or (i.status = 'open' and i.last_payment_error is not null and not exists "
+               "(select 1 from payment_attempts a where a.invoice_id = i.id and a.status = 'pending'))")
 #: How often the emulator's request log is read during a run (it keeps 20,000; a month-end makes ~100/s).
 REQUEST_POLL_S = 30.0
 
@@ -501,11 +504,7 @@ class ChaosRun:
     def _count_settled(self) -> tuple[int, int]:
         from app.extensions import db
 
-        settled = db.session.scalar(db.text("""
-            select count(*) from invoices i where i.status in ('paid')
-               or (i.status = 'open' and i.last_payment_error is not null
-                   and not exists (select 1 from payment_attempts a where a.invoice_id = i.id
-                                   and a.status = 'pending'))"""))
+        settled = db.session.scalar(db.text(f"select count(*) from invoices i where {SETTLED_SQL}"))
         db.session.rollback()
         return settled, self.n_tenants
 
@@ -744,15 +743,11 @@ class ChaosRun:
         idle = self._idle()
         unsettled = ""
         if settled < total:
-            rows = db.session.execute(db.text("""
+            rows = db.session.execute(db.text(f"""
                 select i.tenant_id, i.status, i.next_payment_attempt_at,
                        (select string_agg(a.status, ',' order by a.id) from payment_attempts a
                          where a.invoice_id = i.id)
-                  from invoices i
-                 where not (i.status = 'paid' or (i.status = 'open' and i.last_payment_error is not null
-                            and not exists (select 1 from payment_attempts a
-                                             where a.invoice_id = i.id and a.status = 'pending')))
-                 order by i.tenant_id limit 5""")).all()
+                  from invoices i where not ({SETTLED_SQL}) order by i.tenant_id limit 5""")).all()
             db.session.rollback()
             unsettled = "; not settled: " + ", ".join(
                 f"tenant {t} {status} attempts [{attempts or ''}] next try {nxt}" for t, status, nxt, attempts in rows)
