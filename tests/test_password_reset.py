@@ -23,10 +23,10 @@ def forgot(client, email: str, headers: dict | None = None):
     return client.post("/password/forgot", data={"email": email, "csrf_token": token}, headers=headers or {})
 
 
-def set_password(client, path: str, password: str, confirm: str | None = None):
+def set_password(client, path: str, password: str, confirm: str | None = None, headers: dict | None = None):
     token = csrf_from(client.get(path).get_data(as_text=True))  # every page carries it, the "not valid" one too
     return client.post(path, data={"password": password, "password_confirm": password if confirm is None else confirm,
-                                   "csrf_token": token})
+                                   "csrf_token": token}, headers=headers or {})
 
 
 def reset_emails(to: str | None = None) -> list[OutboxEmail]:
@@ -197,3 +197,12 @@ def test_reset_requests_are_throttled_per_client_and_per_address(app, client, pl
 def test_guessing_at_reset_links_is_throttled(app, client, config_overrides):
     statuses = [set_password(client, f"/password/reset/guess-{n}", NEW_PASSWORD).status_code for n in range(4)]
     assert statuses == [404, 404, 404, 429]
+
+
+@pytest.mark.parametrize("config_overrides", [{"LOGIN_ACCOUNT_RATE_LIMIT": "2 per hour",
+                                                "TRUSTED_PROXIES": "127.0.0.1/32"}])
+def test_one_invitation_link_tried_from_many_clients_is_throttled_per_link(app, client, config_overrides):
+    statuses = [set_password(client, "/invitations/guess", NEW_PASSWORD, headers={"X-Forwarded-For": f"198.51.100.{n}"})
+                .status_code for n in range(3)]
+    assert statuses == [404, 404, 429]
+    assert set_password(client, "/invitations/another", NEW_PASSWORD).status_code == 404  # another link: its own

@@ -64,20 +64,23 @@ def _link_problem(problem: LinkProblem, purpose: TokenPurpose):
     return render_template("auth/link_problem.html", problem=problem.value, purpose=purpose.value), status
 
 
+def _throttled_link(view):
+    """Throttle a link's POSTs like sign-in, per client and per link; only refused attempts count."""
+    view = limiter.limit(_account_limit, key_func=_token_key, methods=["POST"], deduct_when=_refused,
+                         error_message=_THROTTLED)(view)
+    return limiter.limit(_client_limit, methods=["POST"], deduct_when=_refused, error_message=_THROTTLED)(view)
+
+
 @bp.route("/password/reset/<token>", methods=["GET", "POST"])
 @access(PUBLIC)
-@limiter.limit(_client_limit, methods=["POST"], deduct_when=_refused, error_message=_THROTTLED)
-@limiter.limit(_account_limit, key_func=_token_key, methods=["POST"], deduct_when=_refused,
-               error_message=_THROTTLED)
+@_throttled_link
 def reset_password_page(token: str):
     return _set_password(token, TokenPurpose.PASSWORD_RESET)
 
 
 @bp.route("/invitations/<token>", methods=["GET", "POST"])
 @access(PUBLIC)
-@limiter.limit(_client_limit, methods=["POST"], deduct_when=_refused, error_message=_THROTTLED)
-@limiter.limit(_account_limit, key_func=_token_key, methods=["POST"], deduct_when=_refused,
-               error_message=_THROTTLED)
+@_throttled_link
 def accept_invitation_page(token: str):
     return _set_password(token, TokenPurpose.INVITATION)
 
